@@ -1,0 +1,40 @@
+# Digit Lab: `make run` sets everything up and starts the backend and dashboard; `make test` runs the suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+BACKEND_BIND ?= 127.0.0.1:5000
+DASHBOARD_PORT ?= 8501
+export MNIST_PATH ?= $(abspath ../shared/data/mnist_subset.npz)
+
+.PHONY: setup run backend dashboard test train evaluate bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# The backend runs in the background and stops with the dashboard (Ctrl-C stops both).
+run: setup
+	@trap 'kill 0' EXIT; \
+	$(VENV)/bin/gunicorn -c backend/gunicorn.conf.py --bind $(BACKEND_BIND) backend.wsgi:app & \
+	BACKEND_URL=http://$(BACKEND_BIND) $(VENV)/bin/streamlit run frontend/app.py \
+		--server.port $(DASHBOARD_PORT) --server.headless true --browser.gatherUsageStats false
+
+backend: setup
+	$(VENV)/bin/gunicorn -c backend/gunicorn.conf.py --bind $(BACKEND_BIND) backend.wsgi:app
+
+test: setup
+	$(PY) -m pytest
+
+train: setup
+	$(PY) -m backend.train --activate
+
+evaluate: setup
+	$(PY) -m backend.evaluate
+
+clean:
+	rm -rf $(VENV) .pytest_cache

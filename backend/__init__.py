@@ -1,0 +1,1 @@
+"""Digit Lab backend: preprocessing stem, data, model, training, model store, serving API."""

@@ -1,0 +1,118 @@
+"""Prediction endpoints: one image, a batch, both through the shared stem and one model call."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+
+import numpy as np
+from apiflask import APIBlueprint, abort
+from flask import current_app, request
+
+from backend.api.schemas import BatchPrediction, BatchUpload, ImageUpload, Prediction, PredictQuery, error_responses
+from backend.api.services import services
+from backend.inference import LiteModel
+from backend.observability import record_predictions
+from backend.preprocessing import InvalidImageError, preprocess_bytes
+
+bp = APIBlueprint("predict", __name__, tag="Predict")
+
+ERRORS = error_responses(
+    {
+        400: "Missing field, or an image that cannot be read",
+        413: "Upload over MAX_UPLOAD_MB, or an image over the pixel limit",
+        422: "A blank image: no digit stands out",
+        503: "No model version is active yet",
+    }
+)
+SEND_INSTEAD = "Send the image as multipart/form-data field 'file', or as JSON {\"image\": \"<base64>\"}."
+
+
+def _image_from_request() -> bytes:
+    """Return the uploaded image bytes from multipart field `file` or JSON `image`."""
+    if request.is_json:
+        payload = request.get_json(silent=True)
+        encoded = payload.get("image") if isinstance(payload, dict) else None
+        if not isinstance(encoded, str) or not encoded:
+            abort(400, f"The JSON body has no string field 'image'. {SEND_INSTEAD}")
+        if encoded.startswith("data:"):
+            encoded = encoded.partition(",")[2]
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            abort(400, "The 'image' field is not valid base64: encode the image file bytes with base64.")
+    upload = request.files.get("file")
+    if upload is None:
+        received = sorted(request.files) or sorted(request.form)
+        found = f" (received fields: {', '.join(received)})" if received else ""
+        abort(400, f"No image in field 'file'{found}. {SEND_INSTEAD}")
+    return upload.read()
+
+
+def _stem(data: bytes, label: str = "") -> np.ndarray:
+    """Run the stem, turning its error into a JSON 4xx."""
+    try:
+        return preprocess_bytes(data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+    except InvalidImageError as exc:
+        abort(exc.status, f"{label}{exc.message}")
+
+
+def _served_model() -> LiteModel:
+    """Return the model for this request, or a 503 when none is active."""
+    model = services().model.current()
+    if model is None:
+        abort(503, "No model version is active yet: train one with `python -m backend.train` or activate one.")
+    return model
+
+
+def prediction(probabilities: np.ndarray, version: str, inference_ms: float, model_input: np.ndarray | None = None) -> dict:
+    """Shape one row of probabilities as the API's prediction object."""
+    digit = int(np.argmax(probabilities))
+    result = {
+        "digit": digit,
+        "confidence": float(probabilities[digit]),
+        "probabilities": [float(p) for p in probabilities],
+        "model_version": version,
+        "inference_ms": round(inference_ms, 4),
+    }
+    if model_input is not None:
+        result["input"] = np.round(model_input, 4).tolist()
+    return result
+
+
+@bp.post("/predict")
+@bp.input(ImageUpload, location="files", validation=False)
+@bp.input(PredictQuery, location="query", arg_name="query")
+@bp.output(Prediction, description="The digit, its confidence and all ten probabilities")
+@bp.doc(summary="Predict the digit in one image", responses=ERRORS)
+def predict(files_data: dict, query: dict) -> dict:
+    """Predict one image sent as multipart `file` or JSON `{"image": base64}`."""
+    model_input = _stem(_image_from_request())
+    model = _served_model()
+    started = time.perf_counter()
+    probabilities = model.predict(model_input[np.newaxis])[0]
+    inference_ms = (time.perf_counter() - started) * 1000
+    record_predictions([int(np.argmax(probabilities))])
+    return prediction(probabilities, model.version, inference_ms, model_input if query.get("include") == "input" else None)
+
+
+@bp.post("/predict/batch")
+@bp.input(BatchUpload, location="files", validation=False)
+@bp.output(BatchPrediction, description="One prediction per file, in upload order")
+@bp.doc(summary="Predict many images with one model call", responses=ERRORS)
+def predict_batch(files_data: dict) -> dict:
+    """Predict every image of the repeated multipart field `files`."""
+    uploads = request.files.getlist("files")
+    limit = current_app.config["MAX_BATCH_FILES"]
+    if not uploads:
+        abort(400, "No images in the repeated multipart field 'files': send one or more image files as 'files'.")
+    if len(uploads) > limit:
+        abort(413, f"{len(uploads)} files is over the batch limit of {limit}: split them into smaller batches.")
+    inputs = np.stack([_stem(upload.read(), f"files[{i}] ({upload.filename}): ") for i, upload in enumerate(uploads)])
+    model = _served_model()
+    started = time.perf_counter()
+    probabilities = model.predict(inputs)
+    inference_ms = (time.perf_counter() - started) * 1000 / len(inputs)
+    record_predictions([int(row.argmax()) for row in probabilities])
+    return {"predictions": [prediction(row, model.version, inference_ms) for row in probabilities]}

@@ -1,0 +1,23 @@
+"""Per-app services (model store, served model, settings) reached from request handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from backend.inference import ActiveModel
+from backend.store import ModelStore
+
+
+@dataclass
+class Services:
+    """What the handlers of one app share: created in create_app, never at import time."""
+
+    store: ModelStore
+    model: ActiveModel
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions["digit_lab"]

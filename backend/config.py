@@ -1,0 +1,45 @@
+"""Settings read from environment variables, with defaults that run out of the box."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_int(name: str, default: int) -> int:
+    """Read an integer environment variable, falling back to a default."""
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _env_float(name: str, default: float) -> float:
+    """Read a float environment variable, falling back to a default."""
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def _env_path(name: str, default: Path) -> Path:
+    """Read a path environment variable; relative paths are taken from the current directory."""
+    raw = os.environ.get(name, "").strip()
+    return Path(raw).expanduser().resolve() if raw else default
+
+
+@dataclass
+class Settings:
+    """Everything the service can be configured with; see the README's table of variables."""
+
+    model_dir: Path = field(default_factory=lambda: _env_path("MODEL_DIR", REPO_ROOT / "models"))
+    data_dir: Path = field(default_factory=lambda: _env_path("DATA_DIR", REPO_ROOT / "data"))
+    mnist_path: str | None = field(default_factory=lambda: os.environ.get("MNIST_PATH") or None)
+    admin_token: str | None = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or None)
+    max_upload_mb: float = field(default_factory=lambda: _env_float("MAX_UPLOAD_MB", 16.0))
+    max_image_pixels: int = field(default_factory=lambda: _env_int("MAX_IMAGE_PIXELS", 40_000_000))
+    max_batch_files: int = field(default_factory=lambda: _env_int("MAX_BATCH_FILES", 256))
+    log_level: str = field(default_factory=lambda: os.environ.get("LOG_LEVEL", "INFO").upper())
+
+    def as_flask_config(self) -> dict:
+        """Return the settings as upper-case keys for `app.config`."""
+        return {key.upper(): value for key, value in self.__dict__.items()}

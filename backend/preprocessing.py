@@ -1,0 +1,212 @@
+"""The one preprocessing stem: any digit image in, the model's 28x28 MNIST-style input out.
+
+Training, serving, ZIP ingest and the notebook all call `preprocess_bytes`, `preprocess_image`
+or `preprocess_gray`, so the model never sees pixels prepared two different ways.
+The steps repeat how MNIST itself was made: white ink on black, cropped to the ink, longest
+side scaled to 20 px with anti-aliasing, then placed in 28x28 by its centre of mass.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+MNIST_SIDE = 28
+DIGIT_BOX = 20
+MNIST_CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates
+WORK_SIDE = 1024  # large photos are analysed at this size at most: plenty for a 20 px digit
+BORDER_FRACTION = 0.04  # share of each side read as "paper" when guessing the background
+MIN_CONTRAST = 32.0  # grey levels between paper and ink below which an image counts as blank
+NOISE_FLOOR = 0.25  # share of the ink contrast treated as paper texture, shadows and JPEG noise
+INK_SATURATION_PERCENTILE = 70  # MNIST strokes are saturated from about their 70th percentile
+MIN_COMPONENT_SHARE = 0.05  # blobs lighter than this share of the heaviest one are specks
+DEFAULT_MAX_PIXELS = 40_000_000
+SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+Image.init()  # register every plugin now: Image.open(formats=...) only knows loaded ones
+
+
+class InvalidImageError(ValueError):
+    """An upload that cannot become a digit: undecodable, empty, blank or too large."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes, refusing oversized images before their pixels are decoded."""
+    if not data:
+        raise InvalidImageError("The file is empty: send a PNG, JPEG, BMP, GIF, WebP or TIFF image.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(f"The image is far too large to decode ({exc}).", status=413) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImageError(
+            "The file is not a readable image: send a PNG, JPEG, BMP, GIF, WebP or TIFF image."
+        ) from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            f"The image is {width}x{height} pixels, over the limit of {max_pixels:,} pixels: "
+            "send a smaller image.",
+            status=413,
+        )
+    try:
+        if image.format == "JPEG":
+            image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # decode big photos at reduced size
+        image = ImageOps.exif_transpose(image)
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise InvalidImageError(
+            "The image is truncated or corrupt: send the complete file."
+        ) from exc
+    return image
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """Return the image as float grey levels 0-255, with any transparency composited away."""
+    image = _limit_size(image)
+    if image.mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / 257.0
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        peak = float(values.max()) if values.size else 0.0
+        return values * (255.0 / peak) if peak > 255.0 else values
+    if image.mode == "P" or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+        return _composite(gray, alpha)
+    return np.asarray(image.convert("L"), dtype=np.float32)
+
+
+def _limit_size(image: Image.Image) -> Image.Image:
+    """Shrink very large images to WORK_SIDE, keeping the aspect ratio."""
+    if max(image.size) <= WORK_SIDE:
+        return image
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        image = image.convert("RGBA" if "A" in image.getbands() or image.mode == "P" else "RGB")
+    scale = WORK_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BOX)
+
+
+def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Flatten transparency onto the background that makes the drawing readable."""
+    opaque = alpha > 0.5
+    if opaque.all():
+        return gray
+    if not opaque.any():
+        raise InvalidImageError("The image is fully transparent: draw or photograph a digit.", 422)
+    if opaque.mean() < 0.5:
+        # Strokes on a transparent canvas: put them on the contrasting colour.
+        background = 255.0 if np.median(gray[opaque]) < 128 else 0.0
+    else:
+        # A picture with transparent margins: extend its own paper colour.
+        background = float(np.median(gray[opaque]))
+    return gray * alpha + background * (1.0 - alpha)
+
+
+def preprocess_gray(gray: np.ndarray) -> np.ndarray:
+    """Turn a 2-D grey-level array (0-255, any polarity) into the 28x28 float32 model input."""
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.ndim != 2 or min(gray.shape) < 1:
+        raise InvalidImageError("The image has no pixels.", 422)
+    ink = _ink_strength(gray)
+    ink = _keep_digit_components(ink)
+    rows, cols = np.nonzero(ink)
+    digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    return _centre_by_mass(_fit_to_box(digit))
+
+
+def _ink_strength(gray: np.ndarray) -> np.ndarray:
+    """Make the ink white on black, suppress paper and noise, and scale ink to 0-1."""
+    smoothed = gray
+    if min(gray.shape) >= 3:
+        smoothed = np.asarray(
+            Image.fromarray(gray.astype(np.uint8)).filter(ImageFilter.MedianFilter(3)), dtype=np.float32
+        )
+    paper = float(np.median(_border(smoothed)))
+    dark_reach = paper - float(smoothed.min())
+    bright_reach = float(smoothed.max()) - paper
+    if dark_reach > bright_reach:  # dark ink on light paper: the usual photo or scan
+        gray, paper, reach = 255.0 - gray, 255.0 - paper, dark_reach
+    else:
+        reach = bright_reach
+    if reach < MIN_CONTRAST:
+        raise InvalidImageError("The image is blank: no ink stands out from the background.", 422)
+    strength = (gray - paper) / reach
+    strength = np.clip((strength - NOISE_FLOOR) / (1.0 - NOISE_FLOOR), 0.0, 1.0)
+    inked = strength[strength > 0]
+    if inked.size == 0:
+        raise InvalidImageError("The image is blank: no ink stands out from the background.", 422)
+    saturation = float(np.percentile(inked, INK_SATURATION_PERCENTILE))
+    return np.clip(strength / max(saturation, 1e-6), 0.0, 1.0)
+
+
+def _border(values: np.ndarray) -> np.ndarray:
+    """Return the pixels of the outer frame, where paper is most likely."""
+    height, width = values.shape
+    band = max(1, round(BORDER_FRACTION * min(height, width)))
+    return np.concatenate(
+        [values[:band].ravel(), values[-band:].ravel(), values[:, :band].ravel(), values[:, -band:].ravel()]
+    )
+
+
+def _keep_digit_components(ink: np.ndarray) -> np.ndarray:
+    """Zero out specks: connected blobs much lighter than the main stroke."""
+    labels, count = ndimage.label(ink > 0, structure=_EIGHT_CONNECTED)
+    if count <= 1:
+        return ink
+    masses = ndimage.sum_labels(ink, labels, index=np.arange(1, count + 1))
+    keep = np.concatenate([[False], masses >= MIN_COMPONENT_SHARE * masses.max()])
+    return np.where(keep[labels], ink, 0.0).astype(np.float32)
+
+
+def _fit_to_box(digit: np.ndarray) -> np.ndarray:
+    """Scale the cropped digit so its longest side is DIGIT_BOX pixels, keeping its shape."""
+    height, width = digit.shape
+    scale = DIGIT_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = np.asarray(Image.fromarray(digit, mode="F").resize(size, Image.Resampling.LANCZOS))
+    resized = np.clip(resized, 0.0, None)
+    peak = float(resized.max())
+    return resized / peak if peak > 0 else resized
+
+
+def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Place the digit on a 28x28 black field with its centre of mass at MNIST's centre."""
+    centre_row, centre_col = ndimage.center_of_mass(digit)
+    top = int(round(MNIST_CENTRE - centre_row))
+    left = int(round(MNIST_CENTRE - centre_col))
+    top = min(max(top, 0), MNIST_SIDE - digit.shape[0])
+    left = min(max(left, 0), MNIST_SIDE - digit.shape[1])
+    field = np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return field
+
+
+def preprocess_image(image: Image.Image) -> np.ndarray:
+    """Turn a decoded PIL image of any mode into the 28x28 float32 model input."""
+    return preprocess_gray(to_grayscale(image))
+
+
+def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Turn uploaded image bytes into the 28x28 float32 model input."""
+    return preprocess_image(decode_image(data, max_pixels=max_pixels))
+
+
+def preprocess_many(grays: np.ndarray) -> np.ndarray:
+    """Run the stem over a stack of grey-level digits, e.g. MNIST arrays: (n, h, w) -> (n, 28, 28)."""
+    return np.stack([preprocess_gray(gray) for gray in grays]) if len(grays) else np.zeros((0, 28, 28), np.float32)

@@ -1,0 +1,76 @@
+"""Shared fixtures: MNIST from MNIST_PATH, a tiny trained model store, the Flask app and client."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_subset.npz"
+os.environ.setdefault("MNIST_PATH", str(SHARED_MNIST))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Raw MNIST arrays from MNIST_PATH."""
+    from backend.data import load_mnist
+
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def digit(mnist) -> np.ndarray:
+    """One MNIST test digit (a 7), uint8 28x28."""
+    return mnist.x_test[0]
+
+
+TINY_TRAIN, TINY_TEST = 300, 200
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """A few hundred stemmed MNIST images: enough to exercise training end to end."""
+    from backend.train import mnist_training_data
+
+    return mnist_training_data(limit=TINY_TRAIN, test_limit=TINY_TEST)
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory, tiny_data):
+    """A model store holding one tiny, one-epoch version, made active."""
+    from backend.store import ModelStore
+    from backend.train import TrainingConfig, train_and_publish
+
+    store = ModelStore(tmp_path_factory.mktemp("models"))
+    version = train_and_publish(store, tiny_data, TrainingConfig(epochs=1, batch_size=64), verbose=0)
+    store.activate(version)
+    return store
+
+
+@pytest.fixture()
+def app(trained_store, tmp_path):
+    """The API app on the tiny trained store, with a private data folder."""
+    from backend.app import create_app
+
+    return create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path / "data", "MAX_UPLOAD_MB": 2, "MAX_BATCH_FILES": 120})
+
+
+@pytest.fixture()
+def client(app):
+    """A Flask test client for `app`."""
+    return app.test_client()
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Encode a grey array as PNG."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()

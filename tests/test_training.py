@@ -1,0 +1,79 @@
+"""Training: a tiny run writes a complete version; seeds make runs repeatable; fine-tuning records its parent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from backend.store import ModelStore, VersionNotFoundError
+from backend.train import TrainingConfig, main, train_and_publish
+
+
+def test_tiny_run_writes_a_complete_version(trained_store):
+    version = trained_store.active_version()
+    folder = trained_store.path(version)
+    assert {p.name for p in folder.iterdir()} == {"model.keras", "model.tflite", "metadata.json"}
+    meta = trained_store.metadata(version)
+    assert meta["version"] == version and meta["parent"] is None and meta["created"]
+    assert meta["data"]["sources"][0]["name"] == "mnist"
+    assert sum(meta["data"]["per_class"].values()) == meta["data"]["train_examples"] == 300
+    assert meta["hyperparameters"]["epochs"] == 1 and meta["training_seconds"] > 0
+    assert set(meta["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(values) == 1 for values in meta["history"].values())
+    metrics = meta["test_metrics"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["examples"] == 200
+    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    assert {"precision", "recall", "f1", "support"} <= set(metrics["per_class"]["3"])
+    assert np.asarray(metrics["confusion_matrix"]).shape == (10, 10)
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 200
+    assert all({"index", "true", "predicted"} <= set(row) for row in metrics["misclassified"])
+
+
+def test_litert_export_matches_keras(trained_store, tiny_data):
+    import keras
+
+    from backend.inference import LiteModel
+
+    version = trained_store.active_version()
+    keras_model = keras.models.load_model(trained_store.keras_path(version), compile=False)
+    lite = LiteModel(trained_store.tflite_path(version), version)
+    images = tiny_data.x_test[:16]
+    assert np.allclose(keras_model.predict(images, verbose=0), lite.predict(images), atol=1e-4)
+    assert np.allclose(lite.predict(images[:1]), lite.predict(images)[:1], atol=1e-5)
+
+
+def test_same_seed_same_model(tmp_path, tiny_data):
+    store = ModelStore(tmp_path)
+    config = TrainingConfig(epochs=1, batch_size=64, seed=7)
+    first = train_and_publish(store, tiny_data, config, verbose=0)
+    second = train_and_publish(store, tiny_data, TrainingConfig(epochs=1, batch_size=64, seed=7), verbose=0)
+    assert store.metadata(first)["history"] == store.metadata(second)["history"]
+
+
+def test_fine_tune_records_parent(trained_store, tiny_data):
+    parent = trained_store.active_version()
+    child = train_and_publish(trained_store, tiny_data, TrainingConfig(epochs=1, batch_size=64), start_from="active", verbose=0)
+    meta = trained_store.metadata(child)
+    assert meta["parent"] == parent
+    assert meta["hyperparameters"]["learning_rate"] < 2e-3  # fine-tuning uses the gentler rate
+    assert trained_store.active_version() == parent  # training alone never activates
+
+
+def test_unknown_start_version(tmp_path, tiny_data):
+    with pytest.raises(VersionNotFoundError):
+        train_and_publish(ModelStore(tmp_path), tiny_data, TrainingConfig(epochs=1), start_from="missing")
+
+
+def test_cli_trains_activates_and_evaluates(tmp_path, capsys):
+    from backend import evaluate
+
+    assert main(["--epochs", "1", "--limit", "200", "--test-limit", "100", "--model-dir", str(tmp_path)]) == 0
+    store = ModelStore(tmp_path)
+    assert store.active_version() == store.versions()[0]
+    capsys.readouterr()
+    assert evaluate.main(["--model-dir", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == store.active_version() and 0 <= report["accuracy"] <= 1
+    assert report["examples"] == 10000
