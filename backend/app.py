@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from apiflask import APIFlask
@@ -11,11 +12,13 @@ from flask import current_app, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from backend.api import models, predict
+from backend.api import models, predict, training
+from backend.api.auth import ensure_admin_token
 from backend.api.schemas import ERROR_SPEC
 from backend.api.services import Services
 from backend.config import Settings
 from backend.inference import ActiveModel, ReloadEvent
+from backend.jobs import JobStore
 from backend.observability import RELOADS, configure_logging, init_request_metrics, record_model_served
 from backend.store import ModelStore
 
@@ -44,10 +47,15 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     )
     configure_logging(app.config["LOG_LEVEL"])
 
+    app.config["DATA_DIR"] = Path(app.config["DATA_DIR"])
+    app.config["ADMIN_TOKEN"] = ensure_admin_token(app.config["DATA_DIR"], app.config["ADMIN_TOKEN"])
+
     store = ModelStore(app.config["MODEL_DIR"])
-    app.extensions["digit_lab"] = Services(store=store, model=ActiveModel(store, on_reload=_note_reload))
-    app.register_blueprint(predict.bp)
-    app.register_blueprint(models.bp)
+    jobs = JobStore(app.config["DATA_DIR"])
+    jobs.reap_dead()  # a job whose process died while the server was down is marked failed
+    app.extensions["digit_lab"] = Services(store=store, model=ActiveModel(store, on_reload=_note_reload), jobs=jobs)
+    for blueprint in (predict.bp, models.bp, training.bp):
+        app.register_blueprint(blueprint)
     init_request_metrics(app)
     _register_error_handling(app)
     _serve_swagger_assets(app)

@@ -39,6 +39,10 @@ class Settings:
     max_image_pixels: int = field(default_factory=lambda: _env_int("MAX_IMAGE_PIXELS", 40_000_000))
     max_batch_files: int = field(default_factory=lambda: _env_int("MAX_BATCH_FILES", 256))
     log_level: str = field(default_factory=lambda: os.environ.get("LOG_LEVEL", "INFO").upper())
+    gate_max_mnist_drop: float = field(default_factory=lambda: _env_float("GATE_MAX_MNIST_DROP", 0.003))
+    zip_max_entries: int = field(default_factory=lambda: _env_int("ZIP_MAX_ENTRIES", 20_000))
+    zip_max_mb: float = field(default_factory=lambda: _env_float("ZIP_MAX_UNCOMPRESSED_MB", 200.0))
+    zip_max_ratio: float = field(default_factory=lambda: _env_float("ZIP_MAX_RATIO", 100.0))
 
     def as_flask_config(self) -> dict:
         """Return the settings as upper-case keys for `app.config`."""

@@ -62,6 +62,7 @@ class TrainingData:
     y_test: np.ndarray
     sources: list[dict[str, Any]] = field(default_factory=list)
     test_source: str = "mnist-test"
+    holdout: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # extra named test sets
 
 
 def mnist_training_data(mnist_path: str | None = None, limit: int | None = None, test_limit: int | None = None) -> TrainingData:
@@ -177,7 +178,13 @@ def train_and_publish(
         model.export(str(folder / TFLITE_FILE), format="litert", verbose=False)
         # Score the LiteRT export, since that is exactly what the web workers serve.
         lite = LiteModel(folder / TFLITE_FILE, folder.name)
-        return {"test_metrics": classification_metrics(data.y_test, lite.predict(data.x_test))}
+        return {
+            "test_metrics": classification_metrics(data.y_test, lite.predict(data.x_test)),
+            "holdout_metrics": {
+                name: {"accuracy": float((lite.predict(x).argmax(axis=1) == y).mean()), "examples": int(len(y))}
+                for name, (x, y) in data.holdout.items()
+            },
+        }
 
     metadata = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -74,3 +74,34 @@ def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(array, np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_path(tmp_path_factory, mnist) -> Path:
+    """A small MNIST .npz (400 train, 300 test images) so that job processes train in seconds."""
+    path = tmp_path_factory.mktemp("mnist") / "tiny_mnist.npz"
+    np.savez(path, x_train=mnist.x_train[:400], y_train=mnist.y_train[:400],
+             x_test=mnist.x_test[:300], y_test=mnist.y_test[:300])
+    return path
+
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture()
+def job_app(trained_store, tmp_path, tiny_mnist_path):
+    """An app on a private copy of the tiny store whose jobs train on tiny MNIST."""
+    import shutil
+
+    from backend.app import create_app
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_store.root, models)
+    return create_app({"MODEL_DIR": models, "DATA_DIR": tmp_path / "data", "MNIST_PATH": str(tiny_mnist_path),
+                       "ADMIN_TOKEN": ADMIN_TOKEN})
+
+
+@pytest.fixture()
+def job_client(job_app):
+    """A test client for `job_app`."""
+    return job_app.test_client()

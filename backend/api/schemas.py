@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apiflask import Schema, fields
-from apiflask.validators import OneOf
+from apiflask.validators import OneOf, Range
 
 
 class Error(Schema):
@@ -107,3 +107,86 @@ class ModelMetadata(Schema):
     architecture = fields.Dict()
     environment = fields.Dict()
     promotion = fields.Dict(metadata={"description": "The promotion gate's before/after comparison, if any."})
+
+
+class RetrainRequest(Schema):
+    """Options of a retraining job; all optional."""
+
+    epochs = fields.Integer(load_default=None, validate=Range(1, 100), allow_none=True)
+    from_ = fields.String(data_key="from", load_default="active", validate=OneOf(["scratch", "active"]))
+    include_uploads = fields.Boolean(load_default=False)
+    include_feedback = fields.Boolean(load_default=False)
+    seed = fields.Integer(load_default=42, validate=Range(0, 2**31 - 1))
+
+
+class ZipUpload(Schema):
+    """A ZIP of folders 0-9 as multipart field `file` (or `zipfile`)."""
+
+    file = fields.File(metadata={"description": "ZIP with folders 0-9 of digit images (at its root or in one top folder)."})
+    zipfile = fields.File(metadata={"description": "Accepted instead of `file` for older clients."})
+    epochs = fields.Integer(validate=Range(1, 100), metadata={"description": "Fine-tuning epochs (default 4)."})
+
+
+class SkippedFile(Schema):
+    """A ZIP entry that was not used, and why."""
+
+    name = fields.String()
+    reason = fields.String()
+
+
+class DatasetSummary(Schema):
+    """A stored upload."""
+
+    id = fields.String(required=True)
+    images = fields.Integer(required=True)
+    per_class = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    skipped = fields.List(fields.Nested(SkippedFile), required=True)
+    holdout_images = fields.Integer()
+    created = fields.String()
+    filename = fields.String()
+
+
+class JobAccepted(Schema):
+    """A job was queued."""
+
+    job_id = fields.String(required=True)
+    status_url = fields.String(required=True)
+    dataset = fields.Nested(DatasetSummary)
+
+
+class Job(Schema):
+    """A training job and everything it has reported."""
+
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    status = fields.String(required=True, validate=OneOf(["queued", "running", "succeeded", "rejected", "failed", "cancelled"]))
+    params = fields.Dict()
+    created = fields.String()
+    started = fields.String(allow_none=True)
+    finished = fields.String(allow_none=True)
+    epoch = fields.Integer()
+    epochs = fields.Integer()
+    progress = fields.Float()
+    history = fields.Dict(keys=fields.String(), values=fields.List(fields.Float()))
+    log = fields.List(fields.String())
+    result = fields.Dict(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class JobList(Schema):
+    """Jobs, newest first."""
+
+    jobs = fields.List(fields.Nested(Job), required=True)
+
+
+class Activation(Schema):
+    """The outcome of activating a version."""
+
+    active = fields.String(required=True)
+    previous = fields.String(allow_none=True)
+
+
+class DatasetList(Schema):
+    """Stored uploads, oldest first."""
+
+    datasets = fields.List(fields.Nested(DatasetSummary), required=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from backend.inference import ActiveModel
+from backend.jobs import JobStore
 from backend.store import ModelStore
 
 
@@ -16,6 +17,7 @@ class Services:
 
     store: ModelStore
     model: ActiveModel
+    jobs: JobStore
 
 
 def services() -> Services:

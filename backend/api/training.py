@@ -1,0 +1,153 @@
+"""Retraining endpoints: MNIST retrains, ZIP uploads, job status and cancel, model activation."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint, abort
+from flask import current_app, request, url_for
+
+from backend.api.auth import auth
+from backend.api.schemas import (
+    Activation, DatasetList, Job, JobAccepted, JobList, RetrainRequest, ZipUpload, error_responses,
+)
+from backend.api.services import services
+from backend.data import DatasetRejectedError, ZipLimits, dataset_summary, ingest_zip, list_datasets
+from backend.jobs import JobConflictError, JobNotFoundError, JobStore, launch
+from backend.retraining import MAX_EPOCHS, default_epochs
+from backend.store import VersionNotFoundError
+
+bp = APIBlueprint("training", __name__, tag="Training")
+
+
+def _jobs() -> JobStore:
+    """Return the job store of this app."""
+    return services().jobs
+
+
+def _conflict(exc: JobConflictError):
+    """Answer 409 naming the job that is still running."""
+    return {"error": str(exc), "job_id": exc.job_id}, 409
+
+
+def _start(kind: str, params: dict, epochs: int) -> dict:
+    """Queue a job, start its process and return the 202 body."""
+    job = _jobs().create(kind, params, epochs)
+    config = current_app.config
+    env = {"MODEL_DIR": str(config["MODEL_DIR"]), "DATA_DIR": str(config["DATA_DIR"]),
+           "GATE_MAX_MNIST_DROP": str(config["GATE_MAX_MNIST_DROP"])}
+    if config["MNIST_PATH"]:
+        env["MNIST_PATH"] = str(config["MNIST_PATH"])
+    try:
+        launch(_jobs(), job["id"], env)
+    except OSError as exc:
+        _jobs().finish(job["id"], "failed", error=f"Could not start the training process: {exc}")
+        abort(503, f"Could not start the training process: {exc}")
+    return {"job_id": job["id"], "status_url": url_for("training.get_job", job_id=job["id"])}
+
+
+@bp.post("/retrain")
+@bp.auth_required(auth)
+@bp.input(RetrainRequest, location="json", arg_name="options")
+@bp.output(JobAccepted, status_code=202, description="The job was queued")
+@bp.doc(summary="Retrain on MNIST (optionally with uploads and feedback)",
+        responses=error_responses({400: "Bad options", 401: "Missing or wrong admin token", 409: "A job is already running"}))
+def retrain(options: dict):
+    """Start a retraining job on MNIST, from scratch or from the active model."""
+    start_from = options["from_"]
+    params = {"from": start_from, "include_uploads": options["include_uploads"],
+              "include_feedback": options["include_feedback"], "seed": options["seed"]}
+    epochs = options["epochs"] or default_epochs("retrain", start_from)
+    try:
+        return _start("retrain", {**params, "epochs": epochs}, epochs), 202
+    except JobConflictError as exc:
+        return _conflict(exc)
+
+
+@bp.post("/upload_and_retrain")
+@bp.auth_required(auth)
+@bp.input(ZipUpload, location="files", validation=False)
+@bp.output(JobAccepted, status_code=202, description="The dataset was stored and a fine-tuning job queued")
+@bp.doc(summary="Upload a ZIP of folders 0-9 and fine-tune the active model on it",
+        responses=error_responses({400: "Not a usable ZIP", 401: "Missing or wrong admin token",
+                                   409: "A job is already running", 413: "ZIP too large", 422: "No usable images"}))
+def upload_and_retrain(files_data: dict):
+    """Validate and store a ZIP dataset, then start a fine-tuning job on it."""
+    upload = request.files.get("file") or request.files.get("zipfile")
+    if upload is None:
+        abort(400, "No ZIP in multipart field 'file' (or 'zipfile'): send a .zip with folders 0-9.")
+    epochs_field = request.form.get("epochs", "")
+    if epochs_field and (not epochs_field.isdigit() or not 1 <= int(epochs_field) <= MAX_EPOCHS):
+        abort(400, f"'epochs' must be a whole number from 1 to {MAX_EPOCHS}.")
+    running = [job for job in _jobs().list(limit=5) if job["status"] in ("queued", "running")]
+    if running:  # refuse before storing anything
+        return _conflict(JobConflictError(running[0]["id"]))
+    config = current_app.config
+    limits = ZipLimits(config["ZIP_MAX_ENTRIES"], int(config["ZIP_MAX_MB"] * 1024 * 1024), config["ZIP_MAX_RATIO"])
+    try:
+        manifest = ingest_zip(upload.read(), config["DATA_DIR"] / "datasets", limits, upload.filename or "upload.zip")
+    except DatasetRejectedError as exc:
+        abort(exc.status, exc.message)
+    epochs = int(epochs_field) if epochs_field else default_epochs("upload_and_retrain", "active")
+    params = {"datasets": [manifest["id"]], "epochs": epochs}
+    try:
+        accepted = _start("upload_and_retrain", params, epochs)
+    except JobConflictError as exc:
+        body, status = _conflict(exc)
+        return {**body, "dataset": dataset_summary(manifest)}, status
+    return {**accepted, "dataset": dataset_summary(manifest)}, 202
+
+
+@bp.get("/jobs")
+@bp.output(JobList)
+@bp.doc(summary="Recent jobs, newest first")
+def list_jobs() -> dict:
+    """List recent training jobs."""
+    return {"jobs": _jobs().list()}
+
+
+@bp.get("/jobs/<job_id>")
+@bp.output(Job)
+@bp.doc(summary="A job's status, progress, live history, log tail, result and error",
+        responses=error_responses({404: "No such job"}))
+def get_job(job_id: str) -> dict:
+    """Return one job."""
+    try:
+        return _jobs().get(job_id)
+    except JobNotFoundError as exc:
+        abort(404, str(exc))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@bp.auth_required(auth)
+@bp.output(Job)
+@bp.doc(summary="Cancel a queued or running job (the active model is never changed)",
+        responses=error_responses({401: "Missing or wrong admin token", 404: "No such job"}))
+def cancel_job(job_id: str) -> dict:
+    """Cancel a job."""
+    try:
+        return _jobs().cancel(job_id)
+    except JobNotFoundError as exc:
+        abort(404, str(exc))
+
+
+@bp.post("/models/<version>/activate")
+@bp.auth_required(auth)
+@bp.output(Activation)
+@bp.doc(summary="Make a stored version active (promotion by hand, or rollback)",
+        responses=error_responses({401: "Missing or wrong admin token", 404: "No such version"}))
+def activate(version: str) -> dict:
+    """Point ACTIVE at a version; every worker serves it on its next request."""
+    store = services().store
+    previous = store.active_version()
+    try:
+        store.activate(version)
+    except VersionNotFoundError as exc:
+        abort(404, f"{exc} GET /models lists the versions.")
+    return {"active": version, "previous": previous}
+
+
+@bp.get("/datasets")
+@bp.output(DatasetList)
+@bp.doc(summary="Uploaded datasets, oldest first")
+def datasets() -> dict:
+    """List stored uploads with their per-class counts and skipped files."""
+    return {"datasets": [dataset_summary(m) for m in list_datasets(current_app.config["DATA_DIR"] / "datasets")]}

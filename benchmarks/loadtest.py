@@ -1,0 +1,429 @@
+"""One-command load test: `python -m benchmarks.loadtest --users 20 --spawn-rate 10 --run-time 30s`.
+
+Starts the real gunicorn backend if nothing answers at --host, runs Locust headless with
+locustfile.py, and writes reports/loadtest-<timestamp>/:
+  locust_stats.csv, locust_stats_history.csv (full history), locust_failures.csv, ...  Locust's CSVs
+  report.html                    Locust's HTML report
+  locust_model_versions.csv      when each model version was first/last seen in predictions
+  locust_jobs.csv                the AdminUser's job timeline (retrain scenarios)
+  locust_steps.csv               per-step figures (step scenario)
+  loadtest.png                   requests/s, p50/p95/p99 and users over time, model swaps marked
+  summary.json                   the headline figures printed at the end
+Scenarios: mixed (Predict+Batch+Dashboard), predict, step (StepLoadShape, to find the knee),
+retrain and upload (PredictUser + DashboardUser + AdminUser: serving during a retrain and swap).
+Only loopback hosts are accepted: the script may start and stop the backend it measures.
+The exit code is Locust's: non-zero when the failure ratio or p95 broke its bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ipaddress
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = REPO_ROOT / "locustfile.py"
+CSV_NAME = "locust"  # Locust's --csv prefix inside the report folder
+SCENARIOS: dict[str, list[str]] = {
+    "mixed": [],  # no names: the locustfile's default mix
+    "predict": ["PredictUser"],
+    "step": ["PredictUser"],
+    "retrain": ["PredictUser", "DashboardUser", "AdminUser"],
+    "upload": ["PredictUser", "DashboardUser", "AdminUser"],
+}
+BACKEND_START_SECONDS = 60
+KNEE_EFFICIENCY = 0.5  # past the knee, req/s grows by less than half as much as the user count
+
+
+@dataclass
+class Backend:
+    """A gunicorn backend this script started (and must stop)."""
+
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Stop gunicorn gracefully, then hard if it does not exit in time."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def parse_duration(text: str) -> int:
+    """Turn Locust-style durations ("90", "45s", "2m", "1m30s") into seconds."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return int(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not parts or not any(parts.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 2m or 1m30s")
+    hours, minutes, seconds = (int(g or 0) for g in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def loopback_address(host: str) -> tuple[str, int]:
+    """Return (ip, port) of a loopback URL; raise ValueError for anything else."""
+    url = urlparse(host)
+    if url.scheme != "http" or not url.hostname:
+        raise ValueError(f"{host!r} is not an http:// URL")
+    name = "127.0.0.1" if url.hostname == "localhost" else url.hostname
+    try:
+        if not ipaddress.ip_address(name).is_loopback:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{host!r} is not a loopback address: this script only targets 127.0.0.1") from None
+    return name, url.port or 80
+
+
+def health(host: str, timeout: float = 2.0) -> tuple[int, dict] | None:
+    """GET /health: (status, body), or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"{host}/health", timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def start_backend(host: str, model_dir: Path | None, data_dir: Path | None, log_path: Path) -> Backend:
+    """Start gunicorn on the host's port and wait until /health answers 200."""
+    ip, port = loopback_address(host)
+    env = dict(os.environ)
+    if model_dir:
+        env["MODEL_DIR"] = str(model_dir)
+    if data_dir:
+        env["DATA_DIR"] = str(data_dir)
+    command = [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "backend" / "gunicorn.conf.py"),
+               "--bind", f"{ip}:{port}", "backend.wsgi:app"]
+    log_handle = log_path.open("w")
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_handle, stderr=subprocess.STDOUT)
+    backend = Backend(process, log_path, {k: env[k] for k in ("MODEL_DIR", "DATA_DIR") if k in env})
+    deadline = time.time() + BACKEND_START_SECONDS
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with code {process.returncode}; see {log_path}")
+        answer = health(host)
+        if answer and answer[0] == 200:
+            return backend
+        if answer and answer[1].get("status") == "no-model":
+            backend.stop()
+            raise RuntimeError("the backend has no active model: train one (`make train`) or pass --model-dir")
+        time.sleep(0.5)
+    backend.stop()
+    raise RuntimeError(f"gunicorn did not answer /health within {BACKEND_START_SECONDS} s; see {log_path}")
+
+
+def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
+    """Build the headless Locust command line for a scenario."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-H", args.host,
+               "--csv", str(out / CSV_NAME), "--csv-full-history", "--html", str(out / "report.html"), "--only-summary"]
+    if args.scenario != "step":  # the step shape sets users and duration itself
+        command += ["-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.run_time}s"]
+    return command + SCENARIOS[args.scenario]
+
+
+def locust_env(args: argparse.Namespace, backend_env: dict[str, str]) -> dict[str, str]:
+    """Environment for the Locust process: thresholds, shape and admin settings."""
+    env = {**os.environ, **backend_env}
+    if args.max_fail_ratio is not None:
+        env["LOCUST_MAX_FAIL_RATIO"] = str(args.max_fail_ratio)
+    if args.max_p95_ms is not None:
+        env["LOCUST_MAX_P95_MS"] = str(args.max_p95_ms)
+    elif args.scenario == "step":
+        env.setdefault("LOCUST_MAX_P95_MS", "off")  # a knee search pushes p95 up on purpose
+    if args.scenario == "step":
+        env.update(LOCUST_SHAPE="step", LOCUST_STEP_USERS=str(args.step_users),
+                   LOCUST_STEP_SECONDS=str(args.step_seconds), LOCUST_STEP_COUNT=str(args.step_count))
+    else:
+        env.pop("LOCUST_SHAPE", None)
+    if args.scenario in ("retrain", "upload"):
+        env.update(LOCUST_ADMIN_ACTION=args.scenario, LOCUST_RETRAIN_EPOCHS=str(args.epochs))
+    return env
+
+
+def run_seconds(args: argparse.Namespace) -> float:
+    """Return how long the Locust run itself lasts."""
+    return args.step_count * args.step_seconds if args.scenario == "step" else args.run_time
+
+
+def run_locust(command: list[str], env: dict[str, str], out: Path, limit: float) -> int:
+    """Run Locust, echoing and saving its output; return its exit code."""
+    with (out / "locust.log").open("w") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        watchdog = threading.Timer(limit, process.kill)  # a hung run must not hang the command
+        watchdog.start()
+        try:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                log_file.write(line)
+            return process.wait(timeout=30)
+        finally:
+            watchdog.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the results
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Read a CSV file as dicts ([] when it does not exist)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def number(text: Any) -> float:
+    """Parse a CSV cell as float; "N/A" and blanks become NaN."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def find_knee(steps: list[dict[str, Any]]) -> int | None:
+    """Return the index of the knee step: the last one before req/s stops growing with users."""
+    if not steps:
+        return None
+    for i in range(1, len(steps)):
+        before, now = steps[i - 1], steps[i]
+        user_growth = now["users"] / before["users"] - 1
+        rps_growth = now["requests_per_s"] / before["requests_per_s"] - 1 if before["requests_per_s"] else 0.0
+        if user_growth > 0 and rps_growth < KNEE_EFFICIENCY * user_growth:
+            return i - 1
+    return len(steps) - 1
+
+
+def history_start(out: Path) -> float:
+    """Return the epoch second of the first stats-history row: time zero of the plot and summary."""
+    rows = read_csv(out / f"{CSV_NAME}_stats_history.csv")
+    return number(rows[0]["Timestamp"]) if rows else math.nan
+
+
+def summarise(out: Path) -> dict[str, Any]:
+    """Collect the headline figures of a finished run from its CSV files; times are seconds since start."""
+    started = history_start(out)
+    stats = read_csv(out / f"{CSV_NAME}_stats.csv")
+    total = next((row for row in stats if row["Name"] == "Aggregated"), None)
+    endpoints = {
+        row["Name"]: {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
+                      "requests_per_s": number(row["Requests/s"]), "p50_ms": number(row["50%"]),
+                      "p95_ms": number(row["95%"]), "p99_ms": number(row["99%"])}
+        for row in stats if row["Name"] != "Aggregated"
+    }
+    predict = [v for name, v in endpoints.items() if name.startswith("/predict [")]
+    summary: dict[str, Any] = {
+        "report": str(out),
+        "requests": int(total["Request Count"]) if total else 0,
+        "failures": int(total["Failure Count"]) if total else 0,
+        "requests_per_s": number(total["Requests/s"]) if total else math.nan,
+        "p50_ms": number(total["50%"]) if total else math.nan,
+        "p95_ms": number(total["95%"]) if total else math.nan,
+        "p99_ms": number(total["99%"]) if total else math.nan,
+        "predict_requests": sum(v["requests"] for v in predict),
+        "predict_failures": sum(v["failures"] for v in predict),
+        "endpoints": endpoints,
+    }
+    versions = read_csv(out / f"{CSV_NAME}_model_versions.csv")
+    summary["model_versions"] = [
+        {"version": row["version"], "first_seen_s": round(number(row["first_seen"]) - started, 1),
+         "last_seen_s": round(number(row["last_seen"]) - started, 1), "responses": int(row["responses"])}
+        for row in versions
+    ]
+    summary["swaps"] = [row["version"] for row in versions[1:]]
+    summary["job"] = [
+        {"t_s": round(number(row["timestamp"]) - started, 1), "status": row["status"], "detail": row["detail"]}
+        for row in read_csv(out / f"{CSV_NAME}_jobs.csv")
+    ]
+    steps = [{key: (number(value) if key != "step" else int(value)) for key, value in row.items()}
+             for row in read_csv(out / f"{CSV_NAME}_steps.csv")]
+    if steps:
+        knee = find_knee(steps)
+        summary["steps"] = steps
+        summary["knee"] = steps[knee] if knee is not None else None
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot
+
+
+def plot(out: Path, title: str) -> Path:
+    """Draw requests/s, p50/p95/p99 and users over time, with model swaps and the job marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in read_csv(out / f"{CSV_NAME}_stats_history.csv") if row["Name"] == "Aggregated"]
+    if not rows:
+        raise RuntimeError(f"no Aggregated rows in {out / f'{CSV_NAME}_stats_history.csv'}: did Locust run?")
+    t0 = history_start(out)
+    t = [number(row["Timestamp"]) - t0 for row in rows]
+    fig, (ax_rps, ax_lat, ax_users) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True,
+                                                   gridspec_kw={"height_ratios": [3, 3, 1.6]})
+    ax_rps.plot(t, [number(r["Requests/s"]) for r in rows], color="tab:blue", label="requests/s")
+    ax_rps.plot(t, [number(r["Failures/s"]) for r in rows], color="tab:red", label="failures/s")
+    ax_rps.set_ylabel("requests/s")
+    for key, colour in (("50%", "tab:green"), ("95%", "tab:orange"), ("99%", "tab:red")):
+        ax_lat.plot(t, [number(r[key]) for r in rows], color=colour, label=f"p{key[:-1]}")
+    ax_lat.set_ylabel("latency (ms, 10 s window)")
+    ax_lat.set_yscale("log")
+    ax_lat.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_users.step(t, [number(r["User Count"]) for r in rows], where="post", color="tab:purple", label="users")
+    ax_users.set_ylabel("users")
+    ax_users.set_xlabel("seconds since start")
+
+    _mark_job(out, t0, (ax_rps, ax_lat, ax_users))
+    _mark_swaps(out, t0, (ax_rps, ax_lat, ax_users))
+    for axis in (ax_rps, ax_lat, ax_users):
+        axis.grid(True, alpha=0.3)
+        axis.legend(loc="upper left", fontsize=8)
+    ax_rps.set_ylim(bottom=0)
+    ax_users.set_ylim(bottom=0)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out / "loadtest.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mark_job(out: Path, t0: float, axes: tuple) -> None:
+    """Shade the time the AdminUser's job was queued or running."""
+    events = read_csv(out / f"{CSV_NAME}_jobs.csv")
+    if not events:
+        return
+    start = number(events[0]["timestamp"]) - t0
+    ended = [number(e["timestamp"]) - t0 for e in events if e["status"] in ("succeeded", "rejected", "failed", "cancelled")]
+    end = ended[0] if ended else axes[0].get_xlim()[1]
+    final = events[-1]["status"]
+    for i, axis in enumerate(axes):
+        axis.axvspan(start, end, color="tab:orange", alpha=0.12, label=f"training job ({final})" if i == 0 else None)
+
+
+def _mark_swaps(out: Path, t0: float, axes: tuple) -> None:
+    """Draw a line where each new model version was first served, shading overlap with the old one."""
+    versions = read_csv(out / f"{CSV_NAME}_model_versions.csv")
+    for before, after in zip(versions, versions[1:]):
+        swap = number(after["first_seen"]) - t0
+        overlap_end = number(before["last_seen"]) - t0
+        for i, axis in enumerate(axes):
+            axis.axvline(swap, color="black", linestyle="--", linewidth=1.2,
+                         label=f"model swap -> {after['version']}" if i == 0 else None)
+            if overlap_end > swap:
+                axis.axvspan(swap, overlap_end, color="grey", alpha=0.25,
+                             label="old and new both served" if i == 0 else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default=os.environ.get("BACKEND_URL", "http://127.0.0.1:5000"), help="backend URL (loopback only)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="mixed")
+    parser.add_argument("-u", "--users", type=int, default=10)
+    parser.add_argument("-r", "--spawn-rate", type=float, default=10)
+    parser.add_argument("-t", "--run-time", type=parse_duration, default="30s", help="e.g. 30s, 2m")
+    parser.add_argument("--step-users", type=int, default=20, help="step scenario: users added per step")
+    parser.add_argument("--step-seconds", type=int, default=10, help="step scenario: seconds per step")
+    parser.add_argument("--step-count", type=int, default=6, help="step scenario: number of steps")
+    parser.add_argument("--epochs", type=int, default=1, help="retrain scenario: epochs of the retrain")
+    parser.add_argument("--max-fail-ratio", type=float, help="fail above this ratio (Locust default here: 0.01)")
+    parser.add_argument("--max-p95-ms", type=float, help="fail above this p95; 0 disables (default 1000, off for step)")
+    parser.add_argument("--model-dir", type=Path, help="MODEL_DIR of a backend this script starts")
+    parser.add_argument("--data-dir", type=Path, help="DATA_DIR of a backend this script starts")
+    parser.add_argument("--reports", type=Path, default=REPO_ROOT / "reports", help="parent of the report folder")
+    args = parser.parse_args(argv)
+    loopback_address(args.host)
+    args.host = args.host.rstrip("/")
+    return args
+
+
+def run(args: argparse.Namespace) -> tuple[int, Path, dict[str, Any]]:
+    """Run one load test end to end; return Locust's exit code, the report folder and the summary."""
+    out = args.reports / f"loadtest-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=False)
+    load = os.getloadavg()
+    backend = None
+    if health(args.host) is None:
+        print(f"nothing answers at {args.host}: starting gunicorn (log: {out / 'backend.log'})", flush=True)
+        backend = start_backend(args.host, args.model_dir, args.data_dir, out / "backend.log")
+    backend_env = backend.env if backend else {k: str(v) for k, v in (("DATA_DIR", args.data_dir),) if v}
+    try:
+        started = time.time()
+        code = run_locust(locust_command(args, out), locust_env(args, backend_env), out, run_seconds(args) + 120)
+    finally:
+        if backend:
+            backend.stop()
+    summary = summarise(out)
+    summary.update(scenario=args.scenario, host=args.host, exit_code=code, backend_started=backend is not None,
+                   load_average_before=[round(x, 2) for x in load],
+                   users=None if args.scenario == "step" else args.users, run_seconds=run_seconds(args))
+    title = f"Digit Lab load test: {args.scenario}, " + (
+        f"steps of {args.step_users} users x {args.step_seconds} s" if args.scenario == "step" else f"{args.users} users")
+    summary["plot"] = str(plot(out, f"{title}  ({datetime.fromtimestamp(started):%Y-%m-%d %H:%M})"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return code, out, summary
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """Format the summary as a few readable lines."""
+    lines = [
+        f"report: {summary['report']}",
+        f"requests {summary['requests']}, failures {summary['failures']}, {summary['requests_per_s']:.1f} req/s, "
+        f"p50 {summary['p50_ms']:.0f} ms, p95 {summary['p95_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms",
+        f"/predict: {summary['predict_requests']} requests, {summary['predict_failures']} failed",
+    ]
+    for row in summary.get("steps", []):
+        mark = "  <- knee" if row is summary.get("knee") else ""
+        lines.append(f"  step {row['step']}: {row['users']:.0f} users, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
+                     f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures{mark}")
+    for event in summary["job"]:
+        lines.append(f"  job at {event['t_s']:.1f} s: {event['status']} {event['detail'][:160]}")
+    for version in summary["model_versions"]:
+        lines.append(f"  model {version['version']}: served from {version['first_seen_s']} s to {version['last_seen_s']} s "
+                     f"({version['responses']} responses)")
+    lines.append(f"plot: {summary['plot']}  exit code: {summary['exit_code']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    args = parse_args(argv)
+    code, _, summary = run(args)
+    print(describe(summary))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

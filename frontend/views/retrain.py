@@ -1,0 +1,229 @@
+"""Retrain page: start a training job (MNIST or an uploaded ZIP) and follow it live until promoted or rejected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from client import TOKEN_HELP, BackendError, Upload, admin_token
+from ui import attempt, client, history_charts, per_class_frame, refresh_model_caches, show_error
+
+ACTIVE_STATES = ("queued", "running")
+REFRESH_SECONDS = 2.0
+
+
+def job_sort_key(job: dict[str, Any]) -> str:
+    """Order jobs by creation time (ISO strings sort chronologically)."""
+    return str(job.get("created") or "")
+
+
+def endpoint_missing(exc: BackendError, what: str) -> bool:
+    """Say plainly when the backend does not have a training endpoint yet; True if so."""
+    if exc.not_found and "No such endpoint" in exc.message:
+        st.info(f"This backend does not offer {what} yet (it answered 404).")
+        return True
+    return False
+
+
+def start_job(answer: dict[str, Any] | None, dataset: dict[str, Any] | None = None) -> None:
+    """Remember a newly queued job so the panel below follows it."""
+    if not answer:
+        return
+    st.session_state["job_id"] = answer["job_id"]
+    if dataset is not None:
+        st.session_state.setdefault("datasets", {})[answer["job_id"]] = dataset
+    st.toast(f"Job {answer['job_id']} queued.", icon=":material/schedule:")
+
+
+def submit(call: Any, what: str, **kwargs: Any) -> dict[str, Any] | None:
+    """Send an admin training request; a 409 follows the job already running instead."""
+    try:
+        return call(**kwargs)
+    except BackendError as exc:
+        if endpoint_missing(exc, what):
+            return None
+        show_error(exc)
+        if exc.status == 409 and exc.body.get("job_id"):
+            st.session_state["job_id"] = exc.body["job_id"]  # show the job that holds the trainer
+        return None
+
+
+def mnist_form(has_token: bool) -> None:
+    """Retrain on MNIST (optionally with uploads and feedback): epochs and starting point."""
+    with st.form("retrain-mnist"):
+        st.markdown("#### Retrain on MNIST")
+        epochs = st.number_input("Epochs", min_value=1, max_value=100, value=3, step=1)
+        start = st.radio("Start from", ["scratch", "active"], horizontal=True,
+                         format_func=lambda s: "a fresh network" if s == "scratch" else "the active version (fine-tune)")
+        uploads = st.checkbox("Also train on uploaded datasets", value=False)
+        feedback = st.checkbox("Also train on feedback corrections", value=False)
+        go = st.form_submit_button("Start retraining", type="primary", disabled=not has_token)
+    if go:
+        start_job(submit(client().retrain, "POST /retrain", epochs=int(epochs), start_from=start,
+                         include_uploads=uploads, include_feedback=feedback))
+
+
+def upload_form(has_token: bool) -> None:
+    """Upload a ZIP of folders 0-9 and train on it."""
+    with st.form("retrain-upload"):
+        st.markdown("#### Retrain on your own digits")
+        archive = st.file_uploader("ZIP with one folder per digit (0/ … 9/) of images", type=["zip"])
+        epochs = st.number_input("Epochs", min_value=1, max_value=100, value=3, step=1, key="upload-epochs")
+        go = st.form_submit_button("Upload and retrain", type="primary", disabled=not has_token)
+    if go:
+        if archive is None:
+            st.warning("Choose a ZIP file first.")
+            return
+        answer = submit(client().upload_and_retrain, "POST /upload_and_retrain",
+                        archive=Upload(archive.name, archive.getvalue(), "application/zip"), epochs=int(epochs))
+        start_job(answer, (answer or {}).get("dataset"))
+
+
+def dataset_summary(dataset: dict[str, Any]) -> None:
+    """Show what the backend made of an uploaded ZIP: images per class and skipped files."""
+    with st.container(border=True):
+        st.markdown(f"**Uploaded dataset `{dataset.get('id', '?')}`: {dataset.get('images', 0)} images**")
+        counts, skipped = st.columns([2, 1])
+        with counts:
+            st.bar_chart(per_class_frame(dataset.get("per_class") or {}, "images"), x_label="digit", height=200)
+        with skipped:
+            rows = dataset.get("skipped") or []
+            st.markdown(f"Skipped files: **{len(rows)}**")
+            if rows:
+                st.dataframe(pd.DataFrame(rows), hide_index=True, height=180)
+
+
+def comparison_table(comparison: dict[str, Any]) -> pd.DataFrame:
+    """Candidate against active accuracy on MNIST test and the upload hold-out."""
+    rows = []
+    for key, label in (("mnist_test", "MNIST test"), ("upload_holdout", "Upload hold-out")):
+        scores = comparison.get(key)
+        if not scores:
+            rows.append({"evaluated on": label, "active": None, "candidate": None, "change": None, "examples": None})
+            continue
+        active, candidate = scores.get("active"), scores.get("candidate")
+        change = candidate - active if active is not None and candidate is not None else None
+        rows.append({"evaluated on": label, "active": active, "candidate": candidate, "change": change, "examples": scores.get("examples")})
+    return pd.DataFrame(rows)
+
+
+def job_result(job: dict[str, Any]) -> None:
+    """Show how a finished job ended: promoted or rejected with the reason, or why it failed."""
+    status, result = job.get("status"), job.get("result") or {}
+    if status == "failed":
+        st.error(f"Training failed: {job.get('error') or 'no reason given'}", icon=":material/error:")
+        return
+    if status == "cancelled":
+        st.info("The job was cancelled.", icon=":material/cancel:")
+        return
+    if not result:
+        return
+    candidate, reason = result.get("candidate"), result.get("reason") or ""
+    if result.get("promoted"):
+        st.success(f"Promoted: `{candidate}` is now the active version (was `{result.get('previous')}`). {reason}", icon=":material/verified:")
+    else:
+        st.warning(f"Rejected: `{candidate}` was kept out of service; `{result.get('previous')}` stays active. {reason}", icon=":material/block:")
+    table = comparison_table(result.get("comparison") or {})
+    st.dataframe(
+        table, hide_index=True,
+        column_config={
+            "active": st.column_config.NumberColumn(format="percent"),
+            "candidate": st.column_config.NumberColumn(format="percent"),
+            "change": st.column_config.NumberColumn(format="percent"),
+        },
+    )
+
+
+def job_details(job: dict[str, Any]) -> None:
+    """Status, progress bar, live curves and log of one job."""
+    status = job.get("status", "?")
+    st.markdown(f"#### Job `{job.get('id')}` · {job.get('kind', 'training')} · **{status}**")
+    epochs, epoch = job.get("epochs") or 0, job.get("epoch") or 0
+    progress = min(max(float(job.get("progress") or 0.0), 0.0), 1.0)
+    label = f"{status}: epoch {epoch} of {epochs}" if epochs else status
+    st.progress(progress, text=f"{label} ({progress:.0%})")
+    dataset = st.session_state.get("datasets", {}).get(job.get("id"))
+    if dataset:
+        dataset_summary(dataset)
+    history_charts(job.get("history"))
+    job_result(job)
+    if status in ACTIVE_STATES and admin_token():
+        if st.button("Cancel this job", key=f"cancel-{job.get('id')}"):
+            if attempt(client().cancel_job, job["id"]) is not None:
+                st.toast("Cancelling…")
+    log = job.get("log") or []
+    if log:
+        with st.expander(f"Log ({len(log)} lines)"):
+            st.code("\n".join(log[-200:]), language=None)
+
+
+def job_panel(job_id: str, first_status: str | None) -> None:
+    """Follow one job; while it is queued or running the panel refreshes itself every couple of seconds."""
+
+    @st.fragment(run_every=REFRESH_SECONDS if first_status in ACTIVE_STATES else None)
+    def panel() -> None:
+        try:
+            job = client().job(job_id)
+        except BackendError as exc:
+            show_error(exc)
+            return
+        job_details(job)
+        watching = st.session_state.get("watching")
+        if job.get("status") in ACTIVE_STATES:
+            st.session_state["watching"] = job_id
+        elif watching == job_id:
+            # It just ended: rerun the whole page once, which stops the refresh and updates the sidebar.
+            st.session_state.pop("watching", None)
+            refresh_model_caches()
+            st.rerun(scope="app")
+
+    panel()
+
+
+def recent_jobs(jobs: list[dict[str, Any]]) -> None:
+    """A short table of earlier jobs."""
+    if not jobs:
+        return
+    rows = [
+        {"job": j.get("id"), "kind": j.get("kind"), "status": j.get("status"), "created": j.get("created"),
+         "candidate": (j.get("result") or {}).get("candidate"), "promoted": (j.get("result") or {}).get("promoted")}
+        for j in jobs
+    ]
+    with st.expander(f"All jobs ({len(rows)})"):
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+st.title("Retrain")
+has_token = admin_token() is not None
+if not has_token:
+    st.warning(TOKEN_HELP, icon=":material/key:")
+
+left, right = st.columns(2)
+with left:
+    mnist_form(has_token)
+with right:
+    upload_form(has_token)
+
+jobs: list[dict[str, Any]] | None
+try:
+    jobs = sorted(client().jobs(), key=job_sort_key, reverse=True)
+except BackendError as exc:
+    jobs = None
+    if not endpoint_missing(exc, "training jobs (GET /jobs)"):
+        show_error(exc)
+
+if jobs is not None:
+    st.divider()
+    known = {j.get("id"): j.get("status") for j in jobs}
+    running = [j.get("id") for j in jobs if j.get("status") in ACTIVE_STATES]
+    followed = st.session_state.get("job_id")
+    if followed is None or (followed in known and known[followed] not in ACTIVE_STATES and running):
+        # Follow what is running (perhaps started elsewhere), else the latest job.
+        followed = running[0] if running else (jobs[0].get("id") if jobs else None)
+    if followed is None:
+        st.caption("No training jobs yet.")
+    else:
+        job_panel(followed, known.get(followed, "queued"))
+    recent_jobs(jobs)

@@ -1,0 +1,195 @@
+"""Retraining jobs: admin auth, separate processes, one at a time, persistence, cancel/crash safety, the gate."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+
+from backend.jobs import JobStore, process_alive
+from backend.retraining import gate
+from conftest import ADMIN_TOKEN, png_bytes
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def wait_for(client, job_id: str, done=lambda job: job["status"] not in ("queued", "running"), seconds: float = 180) -> dict:
+    """Poll a job until `done(job)` holds."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json
+        if done(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not get there in {seconds} s: {job}")
+
+
+def digit_zip(mnist, per_digit: int = 6, only: int | None = None) -> bytes:
+    """A ZIP of folders 0-9 with dark-on-light MNIST test digits."""
+    buffer, counts = io.BytesIO(), {}
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for image, label in zip(mnist.x_test[1000:3000], mnist.y_test[1000:3000]):
+            label = int(label)
+            if (only is None or label == only) and counts.get(label, 0) < per_digit:
+                counts[label] = counts.get(label, 0) + 1
+                archive.writestr(f"{label}/{counts[label]}.png", png_bytes(255 - image))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("method, path", [
+    ("post", "/retrain"), ("post", "/upload_and_retrain"), ("post", "/jobs/abc/cancel"), ("post", "/models/v1/activate"),
+])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}],
+                         ids=["missing", "wrong", "not-bearer"])
+def test_admin_endpoints_need_the_token(job_client, method, path, headers):
+    response = getattr(job_client, method)(path, headers=headers, json={})
+    assert response.status_code == 401 and "Bearer" in response.json["error"]
+
+
+def test_token_is_generated_into_data_dir_when_unset(trained_store, tmp_path, monkeypatch):
+    from backend.app import create_app
+
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    app = create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path})
+    token = (tmp_path / "admin_token").read_text().strip()
+    assert len(token) >= 32 and app.config["ADMIN_TOKEN"] == token
+    assert create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path}).config["ADMIN_TOKEN"] == token
+    client = app.test_client()
+    assert client.post("/models/nope/activate", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+
+
+def test_activate_and_roll_back(job_client, tiny_data, job_app):
+    from backend.store import ModelStore
+    from backend.train import TrainingConfig, train_and_publish
+
+    store = ModelStore(job_app.config["MODEL_DIR"])
+    original = store.active_version()
+    newer = train_and_publish(store, tiny_data, TrainingConfig(epochs=1, batch_size=64, seed=5), verbose=0)
+    response = job_client.post(f"/models/{newer}/activate", headers=AUTH)
+    assert response.json == {"active": newer, "previous": original}
+    assert job_client.get("/health").json["model_version"] == newer
+    assert job_client.post(f"/models/{original}/activate", headers=AUTH).status_code == 200
+    assert job_client.get("/health").json["model_version"] == original
+    assert job_client.post("/models/does-not-exist/activate", headers=AUTH).status_code == 404
+    assert job_client.post("/models/..%2F..%2Fetc/activate", headers=AUTH).status_code == 404
+
+
+def test_retrain_rejects_bad_options(job_client):
+    for body in ({"epochs": 0}, {"epochs": "many"}, {"from": "yesterday"}, {"include_uploads": "maybe"}):
+        response = job_client.post("/retrain", json=body, headers=AUTH)
+        assert response.status_code == 400, body
+        assert "error" in response.json
+
+
+def test_upload_and_retrain_end_to_end(job_client, job_app, mnist):
+    active_before = job_client.get("/health").json["model_version"]
+    response = job_client.post("/upload_and_retrain", headers=AUTH,
+                               data={"zipfile": (io.BytesIO(digit_zip(mnist)), "mine.zip"), "epochs": "1"})
+    assert response.status_code == 202, response.json
+    accepted = response.json
+    assert accepted["dataset"]["images"] == 60 and accepted["dataset"]["per_class"]["3"] == 6
+    assert accepted["status_url"] == f"/jobs/{accepted['job_id']}"
+
+    second = job_client.post("/retrain", json={"epochs": 1}, headers=AUTH)  # one job at a time
+    assert second.status_code == 409 and second.json["job_id"] == accepted["job_id"]
+
+    job = wait_for(job_client, accepted["job_id"])
+    assert job["status"] in ("succeeded", "rejected"), job
+    assert job["kind"] == "upload_and_retrain" and job["progress"] == 1.0 and job["epoch"] == job["epochs"] == 1
+    assert len(job["history"]["loss"]) == 1 and job["log"]
+    result = job["result"]
+    assert result["comparison"]["mnist_test"]["active"] is not None
+    assert result["comparison"]["upload_holdout"]["examples"] > 0
+    sources = [source["name"] for source in result["data"]["sources"]]
+    assert sources == ["mnist", f"upload:{accepted['dataset']['id']}"]
+    models = job_client.get("/models").json
+    assert result["candidate"] in [row["version"] for row in models["versions"]]
+    assert models["active"] == (result["candidate"] if job["status"] == "succeeded" else active_before)
+    assert job_client.get("/health").json["model_version"] == models["active"]
+    assert [d["id"] for d in job_client.get("/datasets").json["datasets"]] == [accepted["dataset"]["id"]]
+
+
+def test_bad_zip_is_refused_before_anything_trains(job_client, job_app):
+    response = job_client.post("/upload_and_retrain", headers=AUTH, data={"file": (io.BytesIO(b"not a zip"), "x.zip")})
+    assert response.status_code == 400 and "ZIP" in response.json["error"]
+    assert job_client.get("/jobs").json["jobs"] == []
+    response = job_client.post("/upload_and_retrain", headers=AUTH, data={})
+    assert response.status_code == 400 and "'file'" in response.json["error"]
+
+
+def test_strict_gate_rejects_and_keeps_the_candidate(trained_store, tmp_path, tiny_mnist_path, mnist):
+    import shutil
+
+    from backend.app import create_app
+
+    shutil.copytree(trained_store.root, tmp_path / "models")
+    app = create_app({"MODEL_DIR": tmp_path / "models", "DATA_DIR": tmp_path / "data", "MNIST_PATH": str(tiny_mnist_path),
+                      "ADMIN_TOKEN": ADMIN_TOKEN, "GATE_MAX_MNIST_DROP": -1.0})  # demand +100 points: never passes
+    client = app.test_client()
+    active = client.get("/health").json["model_version"]
+    job_id = client.post("/upload_and_retrain", headers=AUTH, data={"file": (io.BytesIO(digit_zip(mnist, only=1)), "ones.zip"),
+                                                                   "epochs": "1"}).json["job_id"]
+    job = wait_for(client, job_id)
+    assert job["status"] == "rejected" and "MNIST test accuracy" in job["result"]["reason"]
+    assert job["result"]["promoted"] is False and job["result"]["active"] == active
+    assert client.get("/health").json["model_version"] == active
+    assert job["result"]["candidate"] in [row["version"] for row in client.get("/models").json["versions"]]
+
+
+def test_gate_rules():
+    active = {"mnist_test": 0.9940, "upload_holdout": 0.80}
+    forgot = {"mnist_test": 0.9500, "upload_holdout": 0.99}
+    assert gate(active, forgot, 0.003)[0] is False and "fell 4.40 points" in gate(active, forgot, 0.003)[1]
+    assert gate(active, {"mnist_test": 0.9915, "upload_holdout": 0.97}, 0.003)[0] is True
+    assert gate(active, {"mnist_test": 0.9945, "upload_holdout": 0.79}, 0.003)[0] is False
+    assert gate(None, forgot, 0.003)[0] is True
+
+
+def test_killed_job_leaves_active_model_and_is_marked_failed(job_client, job_app):
+    versions_before = [row["version"] for row in job_client.get("/models").json["versions"]]
+    active = job_client.get("/health").json["model_version"]
+    job_id = job_client.post("/retrain", json={"epochs": 60, "from": "scratch"}, headers=AUTH).json["job_id"]
+    wait_for(job_client, job_id, lambda job: job["epoch"] >= 1)
+    pid = JobStore(job_app.config["DATA_DIR"]).pid(job_id)
+    os.kill(pid, signal.SIGKILL)  # a crash mid-training
+    job = wait_for(job_client, job_id)
+    assert job["status"] == "failed" and "died" in job["error"]
+    assert job_client.get("/health").json["model_version"] == active
+    assert [row["version"] for row in job_client.get("/models").json["versions"]] == versions_before
+
+
+def test_cancel_running_job(job_client):
+    active = job_client.get("/health").json["model_version"]
+    job_id = job_client.post("/retrain", json={"epochs": 60, "from": "scratch"}, headers=AUTH).json["job_id"]
+    wait_for(job_client, job_id, lambda job: job["status"] == "running")
+    job = job_client.post(f"/jobs/{job_id}/cancel", headers=AUTH).json
+    assert job["status"] == "cancelled"
+    assert job_client.get("/health").json["model_version"] == active
+    assert job_client.post("/jobs/unknown/cancel", headers=AUTH).status_code == 404
+    assert job_client.get("/jobs/unknown").status_code == 404
+
+
+def test_jobs_survive_restart_and_dead_ones_are_failed(job_app, trained_store):
+    from backend.app import create_app
+
+    data_dir = job_app.config["DATA_DIR"]
+    jobs = JobStore(data_dir)
+    finished = jobs.create("retrain", {"epochs": 1}, 1)
+    jobs.finish(finished["id"], "succeeded", result={"promoted": True}, progress=1.0)
+    orphan = jobs.create("retrain", {"epochs": 1}, 1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    jobs.update(orphan["id"], status="running", pid=dead.pid)
+    assert not process_alive(dead.pid)
+
+    restarted = create_app({"MODEL_DIR": job_app.config["MODEL_DIR"], "DATA_DIR": data_dir,
+                            "ADMIN_TOKEN": ADMIN_TOKEN}).test_client()
+    listed = {job["id"]: job for job in restarted.get("/jobs").json["jobs"]}
+    assert listed[finished["id"]]["status"] == "succeeded" and listed[finished["id"]]["result"] == {"promoted": True}
+    assert listed[orphan["id"]]["status"] == "failed" and "died" in listed[orphan["id"]]["error"]
