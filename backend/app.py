@@ -12,11 +12,12 @@ from flask import current_app, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from backend.api import models, predict, training
+from backend.api import extras, mnist, models, predict, training
 from backend.api.auth import ensure_admin_token
 from backend.api.schemas import ERROR_SPEC
 from backend.api.services import Services
 from backend.config import Settings
+from backend.feedback import FeedbackStore
 from backend.inference import ActiveModel, ReloadEvent
 from backend.jobs import JobStore
 from backend.observability import RELOADS, configure_logging, init_request_metrics, record_model_served
@@ -53,8 +54,10 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     store = ModelStore(app.config["MODEL_DIR"])
     jobs = JobStore(app.config["DATA_DIR"])
     jobs.reap_dead()  # a job whose process died while the server was down is marked failed
-    app.extensions["digit_lab"] = Services(store=store, model=ActiveModel(store, on_reload=_note_reload), jobs=jobs)
-    for blueprint in (predict.bp, models.bp, training.bp):
+    app.extensions["digit_lab"] = Services(
+        store=store, model=ActiveModel(store, on_reload=_note_reload), jobs=jobs, feedback=FeedbackStore(app.config["DATA_DIR"])
+    )
+    for blueprint in (predict.bp, models.bp, training.bp, extras.bp, mnist.bp):
         app.register_blueprint(blueprint)
     init_request_metrics(app)
     _register_error_handling(app)

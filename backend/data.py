@@ -56,6 +56,17 @@ def load_mnist(path: str | os.PathLike | None = None) -> Mnist:
     return Mnist(x_train, y_train, x_test, y_test, source="keras.datasets.mnist")
 
 
+KERAS_CACHE = Path("~/.keras/datasets/mnist.npz").expanduser()
+
+
+def mnist_file(path: str | os.PathLike | None = None) -> Path | None:
+    """Return the MNIST .npz a server can read without TensorFlow: MNIST_PATH, else Keras's download cache."""
+    path = path or os.environ.get("MNIST_PATH") or None
+    if path:
+        return Path(path) if Path(path).is_file() else None
+    return KERAS_CACHE if KERAS_CACHE.is_file() else None
+
+
 def _load_npz(path: Path) -> Mnist:
     """Read an MNIST .npz with Keras's key names, with errors that say what to fix."""
     if not path.is_file():

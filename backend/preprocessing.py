@@ -120,24 +120,29 @@ def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def preprocess_gray(gray: np.ndarray) -> np.ndarray:
     """Turn a 2-D grey-level array (0-255, any polarity) into the 28x28 float32 model input."""
-    gray = np.asarray(gray, dtype=np.float32)
-    if gray.ndim != 2 or min(gray.shape) < 1:
-        raise InvalidImageError("The image has no pixels.", 422)
-    ink = _ink_strength(gray)
-    ink = _keep_digit_components(ink)
+    return digit_from_ink(remove_specks(ink_map(gray)))
+
+
+def digit_from_ink(ink: np.ndarray) -> np.ndarray:
+    """Crop an ink map (white digit on black, 0-1) to its ink and lay it out as MNIST does."""
     rows, cols = np.nonzero(ink)
+    if rows.size == 0:
+        raise InvalidImageError("The image is blank: no ink stands out from the background.", 422)
     digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return _centre_by_mass(_fit_to_box(digit))
 
 
-def _ink_strength(gray: np.ndarray) -> np.ndarray:
+def ink_map(gray: np.ndarray) -> np.ndarray:
     """Make the ink white on black, suppress paper and noise, and scale ink to 0-1."""
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.ndim != 2 or min(gray.shape) < 1:
+        raise InvalidImageError("The image has no pixels.", 422)
     smoothed = gray
     if min(gray.shape) >= 3:
         smoothed = np.asarray(
             Image.fromarray(gray.astype(np.uint8)).filter(ImageFilter.MedianFilter(3)), dtype=np.float32
         )
-    paper = float(np.median(_border(smoothed)))
+    paper = _quantile(_border(smoothed), 0.5)
     dark_reach = paper - float(smoothed.min())
     bright_reach = float(smoothed.max()) - paper
     if dark_reach > bright_reach:  # dark ink on light paper: the usual photo or scan
@@ -151,8 +156,14 @@ def _ink_strength(gray: np.ndarray) -> np.ndarray:
     inked = strength[strength > 0]
     if inked.size == 0:
         raise InvalidImageError("The image is blank: no ink stands out from the background.", 422)
-    saturation = float(np.percentile(inked, INK_SATURATION_PERCENTILE))
+    saturation = _quantile(inked, INK_SATURATION_PERCENTILE / 100)
     return np.clip(strength / max(saturation, 1e-6), 0.0, 1.0)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """Return the q-quantile (nearest rank) with one partition: np.percentile costs 10x more on the hot path."""
+    rank = min(len(values) - 1, int(q * len(values)))
+    return float(np.partition(values, rank)[rank])
 
 
 def _border(values: np.ndarray) -> np.ndarray:
@@ -164,7 +175,7 @@ def _border(values: np.ndarray) -> np.ndarray:
     )
 
 
-def _keep_digit_components(ink: np.ndarray) -> np.ndarray:
+def remove_specks(ink: np.ndarray) -> np.ndarray:
     """Zero out specks: connected blobs much lighter than the main stroke."""
     labels, count = ndimage.label(ink > 0, structure=_EIGHT_CONNECTED)
     if count <= 1:
@@ -187,7 +198,9 @@ def _fit_to_box(digit: np.ndarray) -> np.ndarray:
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
     """Place the digit on a 28x28 black field with its centre of mass at MNIST's centre."""
-    centre_row, centre_col = ndimage.center_of_mass(digit)
+    total = float(digit.sum())
+    centre_row = float(digit.sum(axis=1) @ np.arange(digit.shape[0])) / total
+    centre_col = float(digit.sum(axis=0) @ np.arange(digit.shape[1])) / total
     top = int(round(MNIST_CENTRE - centre_row))
     left = int(round(MNIST_CENTRE - centre_col))
     top = min(max(top, 0), MNIST_SIDE - digit.shape[0])

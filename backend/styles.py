@@ -106,10 +106,29 @@ STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
 
 
 def render_set(images: np.ndarray, labels: np.ndarray, per_style: int, seed: int = 0) -> list[tuple[str, int, bytes]]:
-    """Render the first `per_style` digits in every style: [(style, label, image bytes), ...]."""
+    """Render `per_style` digits in every style, each style its own digits: [(style, label, bytes), ...]."""
     rng = np.random.default_rng(seed)
     return [
-        (style, int(labels[i]), render(images[i], rng))
-        for style, render in STYLES.items()
-        for i in range(min(per_style, len(images)))
+        (style, int(labels[i % len(images)]), render(images[i % len(images)], rng))
+        for k, (style, render) in enumerate(STYLES.items())
+        for i in range(k * per_style, (k + 1) * per_style)
     ]
+
+
+def digit_row(digits: np.ndarray, rng: np.random.Generator, scale: float | None = None) -> bytes:
+    """Write several MNIST digits in a row, dark on light paper, 2-4x size with normal spacing."""
+    scale = scale or float(rng.uniform(2.0, 4.0))
+    side = int(round(28 * scale))
+    gaps = [int(round(rng.uniform(-4, 6) * scale)) for _ in range(len(digits) - 1)]  # MNIST boxes have 4 px margins
+    margin = int(rng.integers(side // 2, side))
+    width = 2 * margin + side * len(digits) + sum(gaps)
+    height = side + 2 * margin
+    coverage = np.zeros((height, width), np.float32)
+    left = margin
+    for i, digit in enumerate(digits):
+        top = margin + int(rng.integers(-side // 10, side // 10 + 1))
+        region = coverage[top : top + side, left : left + side]
+        np.maximum(region, _strokes(digit, side), out=region)
+        left += side + (gaps[i] if i < len(gaps) else 0)
+    gray = 245 - coverage * 215 + rng.normal(0, 3, coverage.shape)
+    return _encode(Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8)), "PNG")

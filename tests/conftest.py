@@ -105,3 +105,15 @@ def job_app(trained_store, tmp_path, tiny_mnist_path):
 def job_client(job_app):
     """A test client for `job_app`."""
     return job_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def shipped_client(tmp_path_factory):
+    """A client on the committed model store (read-only use: never activate or train here)."""
+    from backend.app import create_app
+    from backend.store import ModelStore
+
+    store = ModelStore(REPO_ROOT / "models")
+    if store.active_version() is None:
+        pytest.fail("models/ has no active version: the shipped baseline model is missing")
+    return create_app({"MODEL_DIR": store.root, "DATA_DIR": tmp_path_factory.mktemp("shipped-data")}).test_client()

@@ -190,3 +190,63 @@ class DatasetList(Schema):
     """Stored uploads, oldest first."""
 
     datasets = fields.List(fields.Nested(DatasetSummary), required=True)
+
+
+class SequenceItem(Schema):
+    """One digit read from a row."""
+
+    digit = fields.Integer(required=True)
+    confidence = fields.Float(required=True)
+    box = fields.List(fields.Integer(), required=True, metadata={"description": "[x, y, width, height] in image pixels."})
+
+
+class SequencePrediction(Schema):
+    """The digits of a row, left to right."""
+
+    digits = fields.String(required=True)
+    items = fields.List(fields.Nested(SequenceItem), required=True)
+    model_version = fields.String(required=True)
+
+
+class Explanation(Schema):
+    """Which pixels drove a prediction (occlusion saliency)."""
+
+    digit = fields.Integer(required=True)
+    confidence = fields.Float(required=True)
+    heatmap = fields.List(fields.List(fields.Float()), required=True, metadata={"description": "28x28, 0-1."})
+    overlay_png = fields.String(required=True, metadata={"description": "Base64 PNG of the heatmap over the input."})
+    model_version = fields.String(required=True)
+
+
+class FeedbackForm(Schema):
+    """A wrongly predicted image and its right label."""
+
+    file = fields.File(required=True)
+    label = fields.Integer(required=True, validate=Range(0, 9))
+    predicted = fields.Integer(validate=Range(0, 9))
+    model_version = fields.String()
+
+
+class FeedbackCreated(Schema):
+    """The stored feedback record's id."""
+
+    id = fields.String(required=True)
+
+
+class FeedbackRecord(Schema):
+    """One stored feedback image."""
+
+    id = fields.String(required=True)
+    created = fields.String()
+    label = fields.Integer()
+    predicted = fields.Integer(allow_none=True)
+    model_version = fields.String(allow_none=True)
+    filename = fields.String(allow_none=True)
+    path = fields.String()
+    sha256 = fields.String()
+
+
+class FeedbackList(Schema):
+    """All feedback, oldest first."""
+
+    feedback = fields.List(fields.Nested(FeedbackRecord), required=True)

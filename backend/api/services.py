@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from backend.feedback import FeedbackStore
 from backend.inference import ActiveModel
 from backend.jobs import JobStore
 from backend.store import ModelStore
@@ -18,6 +19,7 @@ class Services:
     store: ModelStore
     model: ActiveModel
     jobs: JobStore
+    feedback: FeedbackStore
 
 
 def services() -> Services:

@@ -1,0 +1,122 @@
+"""Reading a row of handwritten digits: segment the ink, then stem and classify every digit at once.
+
+Segmentation works on the stem's ink map: connected blobs are grouped when they overlap
+horizontally (a 5's detached hat, a 7's crossbar), groups much wider than tall are cut at their
+thinnest columns (touching digits), and the pieces are read left to right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from backend.preprocessing import InvalidImageError, digit_from_ink, ink_map, remove_specks
+
+MERGE_OVERLAP = 0.5  # share of the narrower group's width two groups must share to be one digit
+FRAGMENT_HEIGHT = 0.6  # a group shorter than this share of the median digit height is a broken-off stroke
+SPLIT_ASPECT = 1.3  # wider than this many heights: several touching digits
+DIGIT_ASPECT = 0.75  # a typical digit's width per height, to guess how many digits touch
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Segment:
+    """One digit found in the image: its 28x28 model input and its box in image pixels."""
+
+    model_input: np.ndarray
+    box: tuple[int, int, int, int]  # x, y, width, height
+
+
+def _groups(labels: np.ndarray) -> list[list[int]]:
+    """Group blob labels into digits: overlapping columns first, then stray fragments to their nearest digit."""
+    slices = ndimage.find_objects(labels)
+    groups = _merge_overlapping(slices)
+    boxes = [_group_box(slices, group) for group in groups]
+    while len(groups) > 1:
+        heights = [bottom - top for top, bottom, _, _ in boxes]
+        smallest = int(np.argmin(heights))
+        if heights[smallest] >= FRAGMENT_HEIGHT * float(np.median(heights)):
+            break
+        _, _, left, right = boxes[smallest]
+        gaps = [max(b_left - right, left - b_right, 0) if i != smallest else np.inf
+                for i, (_, _, b_left, b_right) in enumerate(boxes)]
+        nearest = int(np.argmin(gaps))
+        fragment = groups.pop(smallest)
+        boxes.pop(smallest)
+        nearest -= nearest > smallest
+        groups[nearest] += fragment
+        boxes[nearest] = _group_box(slices, groups[nearest])
+    return groups
+
+
+def _group_box(slices: list, group: list[int]) -> tuple[int, int, int, int]:
+    """Return (top, bottom, left, right) around a group of blobs."""
+    parts = [slices[label - 1] for label in group]
+    return (min(p[0].start for p in parts), max(p[0].stop for p in parts),
+            min(p[1].start for p in parts), max(p[1].stop for p in parts))
+
+
+def _merge_overlapping(slices: list) -> list[list[int]]:
+    """Group blob labels whose column ranges overlap enough to be parts of one digit."""
+    spans = {label: [s[1].start, s[1].stop] for label, s in enumerate(slices, start=1) if s is not None}
+    groups = [[label] for label in sorted(spans, key=lambda label: spans[label][0])]
+    group_spans = [list(spans[g[0]]) for g in groups]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                (a0, a1), (b0, b1) = group_spans[i], group_spans[j]
+                overlap = min(a1, b1) - max(a0, b0)
+                if overlap >= MERGE_OVERLAP * min(a1 - a0, b1 - b0):
+                    groups[i] += groups.pop(j)
+                    group_spans[i] = [min(a0, b0), max(a1, b1)]
+                    group_spans.pop(j)
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
+
+
+def _split_columns(ink: np.ndarray, digit_height: float) -> list[tuple[int, int]]:
+    """Cut a group's ink into column ranges, one per digit, at the thinnest columns."""
+    cols = np.nonzero(ink.any(axis=0))[0]
+    left, right = int(cols.min()), int(cols.max()) + 1
+    width = right - left
+    if width <= SPLIT_ASPECT * digit_height:
+        return [(left, right)]
+    parts = max(2, int(round(width / (DIGIT_ASPECT * digit_height))))
+    profile = ink[:, left:right].sum(axis=0)
+    cuts, window = [], max(1, width // (2 * parts))
+    for k in range(1, parts):
+        centre = k * width // parts
+        lo, hi = max(1, centre - window), min(width - 1, centre + window)
+        cuts.append(left + lo + int(np.argmin(profile[lo:hi])))
+    edges = [left, *cuts, right]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def segment_digits(gray: np.ndarray) -> list[Segment]:
+    """Find the digits in a grey image (any polarity), left to right."""
+    ink = remove_specks(ink_map(gray))
+    labels, _ = ndimage.label(ink > 0, structure=_EIGHT_CONNECTED)
+    groups = _groups(labels)
+    slices = ndimage.find_objects(labels)
+    digit_height = float(np.median([bottom - top for top, bottom, _, _ in (_group_box(slices, g) for g in groups)]))
+    segments = []
+    for group in groups:
+        group_ink = np.where(np.isin(labels, group), ink, 0.0).astype(np.float32)
+        for left, right in _split_columns(group_ink, digit_height):
+            piece = np.zeros_like(group_ink)
+            piece[:, left:right] = group_ink[:, left:right]
+            rows, cols = np.nonzero(piece)
+            if rows.size == 0:
+                continue
+            box = (int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1))
+            segments.append(Segment(digit_from_ink(piece), box))
+    if not segments:
+        raise InvalidImageError("No digits found: the page has no ink that stands out.", 422)
+    return sorted(segments, key=lambda segment: segment.box[0])

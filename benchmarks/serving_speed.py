@@ -1,0 +1,133 @@
+"""Serving speed of the real gunicorn server: throughput against a bare-Flask ceiling, latency, memory.
+
+    MNIST_PATH=../shared/data/mnist_subset.npz .venv/bin/python -m benchmarks.serving_speed
+
+Both servers run with backend/gunicorn.conf.py (same workers and threads). The load is N client
+threads on keep-alive connections posting the same image for a fixed time; the bare app only
+decodes that image and returns JSON, so its rate is what Flask + gunicorn + decoding allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import statistics
+import tempfile
+import threading
+import time
+import timeit
+import uuid
+from urllib.parse import urlparse
+
+import numpy as np
+
+from backend.data import load_mnist
+from backend.inference import ActiveModel
+from backend.store import ModelStore
+from backend.styles import canvas_dark, mnist_png
+from benchmarks.servers import gunicorn, peak_rss_mb, worker_pids
+
+BOUNDARY = uuid.uuid4().hex
+
+
+def multipart(image: bytes) -> bytes:
+    """Build a multipart/form-data body with the image in field `file`."""
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def post(connection: http.client.HTTPConnection, body: bytes) -> int:
+    """POST /predict on a kept-alive connection; return the status."""
+    connection.request("POST", "/predict", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[float, int, int]:
+    """Run `clients` threads posting for `seconds`; return (requests/s, ok, failed)."""
+    host = urlparse(url)
+    counts = [[0, 0] for _ in range(clients)]
+    stop_at = time.perf_counter() + seconds
+
+    def client(slot: list[int]) -> None:
+        connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+        while time.perf_counter() < stop_at:
+            try:
+                slot[0 if post(connection, body) == 200 else 1] += 1
+            except (OSError, http.client.HTTPException):
+                slot[1] += 1
+                connection.close()
+                connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(slot,)) for slot in counts]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    ok, failed = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return ok / elapsed, ok, failed
+
+
+def latency_ms(url: str, body: bytes, requests: int) -> list[float]:
+    """Time sequential requests from one client; return milliseconds each."""
+    host = urlparse(url)
+    connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+    for _ in range(20):
+        post(connection, body)  # warm up every worker's first request
+    times = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        assert post(connection, body) == 200
+        times.append((time.perf_counter() - started) * 1000)
+    connection.close()
+    return times
+
+
+def reload_check_microseconds(model_dir: str) -> float:
+    """Return the cost of the per-request 'is there a newer active version?' check."""
+    active = ActiveModel(ModelStore(model_dir))
+    active.current()
+    return min(timeit.repeat(active.current, number=10_000, repeat=5)) / 10_000 * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print throughput ratio, latency and per-worker peak memory."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model-dir", default="models")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--latency-requests", type=int, default=1000)
+    parser.add_argument("--image", choices=["mnist", "canvas"], default="mnist")
+    args = parser.parse_args(argv)
+
+    digit = load_mnist().x_test[0]
+    rng = np.random.default_rng(0)
+    image = mnist_png(digit, rng) if args.image == "mnist" else canvas_dark(digit, rng)
+    body = multipart(image)
+    env = {"MODEL_DIR": args.model_dir, "DATA_DIR": tempfile.mkdtemp(prefix="bench-data-")}
+
+    with gunicorn("benchmarks.bare_app:app", env) as (url, _):
+        ceiling, ceiling_ok, ceiling_failed = throughput(url, body, args.clients, args.seconds)
+    with gunicorn("backend.wsgi:app", env) as (url, master):
+        rate, ok, failed = throughput(url, body, args.clients, args.seconds)
+        times = latency_ms(url, body, args.latency_requests)
+        rss = [peak_rss_mb(pid) for pid in worker_pids(master.pid)]
+
+    print(f"image: {args.image} ({len(image)} bytes); {args.clients} clients x {args.seconds:.0f} s; "
+          f"gunicorn config backend/gunicorn.conf.py")
+    print(f"bare Flask ceiling (decode only): {ceiling:8.1f} req/s  ({ceiling_ok} ok, {ceiling_failed} failed)")
+    print(f"/predict                         : {rate:8.1f} req/s  ({ok} ok, {failed} failed)")
+    print(f"ratio to ceiling                 : {rate / ceiling:8.2f}   (bar: >= 0.75)")
+    print(f"single-client latency            : median {statistics.median(times):.2f} ms, "
+          f"p95 {np.percentile(times, 95):.2f} ms, p99 {np.percentile(times, 99):.2f} ms   (bar: median <= 5 ms)")
+    print(f"peak RSS per worker              : {', '.join(f'{r:.0f} MB' for r in rss)}   (bar: <= 150 MB)")
+    print(f"reload check per request         : {reload_check_microseconds(args.model_dir):.1f} us (one os.stat of models/ACTIVE)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,454 @@
+"""Dashboard tests: every page run with streamlit's AppTest against a real backend served over HTTP.
+
+The backend is the real `create_app` on a private model store (two tiny versions), served by werkzeug
+on a free port in a thread; its training jobs use a small MNIST file so they finish in seconds.
+Tests of endpoints the backend may not have yet skip with the reason when the endpoint answers 404.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import png_bytes
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP = REPO_ROOT / "frontend" / "app.py"
+TOKEN = "frontend-test-token"
+RUN_TIMEOUT = 60  # seconds per AppTest run: the first run imports pandas, altair and matplotlib
+JOB_TIMEOUT = 240  # seconds for a tiny training job to finish
+TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve(app: Any) -> tuple[str, Any]:
+    """Serve a WSGI app on a free port in a daemon thread; return its URL and the server."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}", server
+
+
+def endpoint_exists(url: str, method: str, path: str) -> bool:
+    """Tell whether the backend routes `path` at all (a 404 with 'No such endpoint' means it does not)."""
+    response = requests.request(method, url + path, timeout=10)
+    return not (response.status_code == 404 and "No such endpoint" in response.text)
+
+
+@pytest.fixture(scope="module")
+def small_mnist(tmp_path_factory, mnist) -> Path:
+    """A small MNIST .npz (600 train, 200 test) so the backend's training jobs take seconds."""
+    path = tmp_path_factory.mktemp("mnist") / "mnist_small.npz"
+    np.savez(path, x_train=mnist.x_train[:600], y_train=mnist.y_train[:600], x_test=mnist.x_test[:200], y_test=mnist.y_test[:200])
+    return path
+
+
+@pytest.fixture(scope="module")
+def frontend_store(tmp_path_factory, trained_store, tiny_data):
+    """A private store: a copy of the shared tiny version (active) plus a second tiny version to switch to."""
+    from backend.store import ModelStore
+    from backend.train import TrainingConfig, train_and_publish
+
+    store = ModelStore(tmp_path_factory.mktemp("frontend-models"))
+    first = trained_store.active_version()
+    shutil.copytree(trained_store.path(first), store.path(first))
+    train_and_publish(store, tiny_data, TrainingConfig(epochs=1, batch_size=64, seed=7), verbose=0)
+    store.activate(first)
+    return store
+
+
+@pytest.fixture(scope="module")
+def backend_url(frontend_store, small_mnist, tmp_path_factory) -> Iterator[str]:
+    """The real API on the private store, over HTTP; running jobs are cancelled at the end."""
+    from backend.app import create_app
+
+    app = create_app({
+        "MODEL_DIR": frontend_store.root, "DATA_DIR": tmp_path_factory.mktemp("frontend-data"),
+        "ADMIN_TOKEN": TOKEN, "MNIST_PATH": str(small_mnist),
+    })
+    url, server = serve(app)
+    yield url
+    if endpoint_exists(url, "GET", "/jobs"):
+        for job in requests.get(f"{url}/jobs", timeout=10).json().get("jobs", []):
+            if job.get("status") in ("queued", "running"):
+                requests.post(f"{url}/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    server.shutdown()
+
+
+@pytest.fixture()
+def dashboard_env(backend_url, monkeypatch) -> str:
+    """Point the dashboard at the test backend with the right admin token; start with empty caches."""
+    import streamlit as st
+
+    monkeypatch.setenv("BACKEND_URL", backend_url)
+    monkeypatch.setenv("ADMIN_TOKEN", TOKEN)
+    monkeypatch.delenv("ADMIN_TOKEN_FILE", raising=False)
+    st.cache_data.clear()
+    return backend_url
+
+
+def open_page(page: str = "predict") -> AppTest:
+    """Run the dashboard and switch to one of its pages."""
+    at = AppTest.from_file(str(APP), default_timeout=RUN_TIMEOUT).run()
+    if page != "predict":
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements: Any) -> list[str]:
+    """The string values of a list of elements."""
+    return [str(e.value) for e in elements]
+
+
+def find_text(elements: Any, needle: str) -> str | None:
+    """The first element value containing `needle`, if any."""
+    return next((text for text in texts(elements) if needle in text), None)
+
+
+def progress_bars(at: AppTest) -> list[Any]:
+    """The st.progress elements."""
+    return at.get("progress")
+
+
+def image_captions(at: AppTest) -> list[str]:
+    """The captions of every st.image on the page."""
+    return [caption for image in at.get("image") for caption in image.captions]
+
+
+def digit_png(mnist, index: int) -> bytes:
+    """An MNIST test digit as PNG bytes."""
+    return png_bytes(mnist.x_test[index])
+
+
+def backend_predict(url: str, data: bytes) -> dict[str, Any]:
+    """Ask the backend directly, to compare with what the dashboard shows."""
+    response = requests.post(f"{url}/predict", files={"file": ("digit.png", data, "image/png")}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_for_job_end(at: AppTest, timeout: float = JOB_TIMEOUT) -> list[str]:
+    """Rerun the page (as the auto-refreshing fragment does) until the job panel shows a final state; return headings seen."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        headings = [text for text in texts(at.main.markdown) if text.startswith("#### Job")]
+        seen.extend(headings)
+        if headings and any(f"**{state}**" in headings[0] for state in TERMINAL):
+            return seen
+        time.sleep(1.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    pytest.fail(f"The job did not finish within {timeout} s; last headings: {seen[-3:]}")
+
+
+def digits_zip(mnist, count: int = 60) -> bytes:
+    """A ZIP of dark-on-light MNIST digits in folders 0-9, plus one file the backend must skip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(count):
+            image = io.BytesIO()
+            Image.fromarray(255 - mnist.x_train[1000 + i]).save(image, "PNG")
+            archive.writestr(f"mine/{mnist.y_train[1000 + i]}/d{i}.png", image.getvalue())
+        archive.writestr("mine/notes.txt", "not an image")
+    return buffer.getvalue()
+
+
+# -- every page: the status sidebar ---------------------------------------------------------------
+
+@pytest.mark.parametrize("page", ["predict", "retrain", "metrics", "models"])
+def test_sidebar_shows_backend_url_health_and_active_version(dashboard_env, frontend_store, page):
+    at = open_page(page)
+    assert find_text(at.sidebar.caption, dashboard_env)
+    assert find_text(at.sidebar.success, f"active version `{frontend_store.active_version()}`")
+    assert find_text(at.sidebar.caption, "Admin token: found")
+    assert at.main.title[0].value  # the page itself rendered
+
+
+@pytest.mark.parametrize("page", ["predict", "retrain", "metrics", "models"])
+def test_backend_down_is_said_plainly_on_every_page(monkeypatch, page):
+    import streamlit as st
+
+    monkeypatch.setenv("BACKEND_URL", f"http://127.0.0.1:{free_port()}")
+    st.cache_data.clear()
+    at = open_page(page)
+    assert find_text(at.sidebar.error, "Backend down: Cannot reach the backend")
+    assert not at.exception
+    if page != "retrain":  # Retrain shows its forms first, then the jobs error below
+        assert find_text(at.main.error, "The backend is down")
+    else:
+        assert find_text(at.error, "The backend is down")
+
+
+def test_no_active_model_is_explained(tmp_path, monkeypatch):
+    import streamlit as st
+
+    from backend.app import create_app
+
+    url, server = serve(create_app({"MODEL_DIR": tmp_path / "empty", "DATA_DIR": tmp_path / "data", "ADMIN_TOKEN": TOKEN}))
+    try:
+        monkeypatch.setenv("BACKEND_URL", url)
+        st.cache_data.clear()
+        at = open_page("predict")
+        assert find_text(at.sidebar.warning, "no model is active")
+        assert find_text(at.main.warning, "no active model")
+        models = open_page("models")
+        assert find_text(models.main.info, "No model versions yet")
+    finally:
+        server.shutdown()
+
+
+# -- Predict ------------------------------------------------------------------------------------------
+
+def test_upload_shows_prediction_model_input_and_probabilities(dashboard_env, mnist):
+    at = open_page("predict")
+    assert find_text(at.main.info, "Upload one or more images")
+    images = [("seven.png", digit_png(mnist, 0)), ("two.png", digit_png(mnist, 1))]
+    at.file_uploader[0].set_value([(name, data, "image/png") for name, data in images]).run()
+    assert not at.exception and not at.error, texts(at.error)
+
+    expected = [backend_predict(dashboard_env, data) for _, data in images]
+    assert [m.value for m in at.metric] == [str(p["digit"]) for p in expected]
+    assert [find_text(at.markdown, f"**{name}**") for name, _ in images] == [f"**{name}**" for name, _ in images]
+    assert find_text(at.markdown, f"Confidence **{expected[0]['confidence']:.1%}**")
+    # Per image: the original and the 28x28 model input are shown...
+    captions = image_captions(at)
+    assert captions.count("Original") == 2 and captions.count("What the model saw (28×28)") == 2
+    # ...and a bar chart of the ten probabilities.
+    charts = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    assert len([spec for spec in charts if "bar" in json.dumps(spec.get("mark"))]) == 2
+    assert len(at.selectbox) == 2 and at.selectbox[0].label == "Wrong? The right digit is…"
+    assert expected[0]["digit"] not in at.selectbox[0].options and len(at.selectbox[0].options) == 9
+
+
+def test_unreadable_upload_shows_the_backends_message(dashboard_env):
+    at = open_page("predict")
+    at.file_uploader[0].set_value(("broken.png", b"this is not an image", "image/png")).run()
+    assert not at.exception
+    error = find_text(at.main.error, "HTTP 400")
+    assert error, texts(at.main.error)
+    answer = requests.post(f"{dashboard_env}/predict", files={"file": ("broken.png", b"this is not an image", "image/png")}, timeout=10)
+    assert answer.json()["error"] in error  # the API's own words, not a traceback
+
+
+def test_feedback_control_posts_the_right_digit(dashboard_env, mnist):
+    if not endpoint_exists(dashboard_env, "POST", "/feedback"):
+        pytest.skip("POST /feedback is not in this backend yet (answers 404)")
+    at = open_page("predict")
+    at.file_uploader[0].set_value(("digit.png", digit_png(mnist, 2), "image/png")).run()
+    predicted = int(at.metric[0].value)
+    right = (predicted + 1) % 10
+    at.selectbox[0].set_value(right)
+    next(b for b in at.button if b.label == "Send correction").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert find_text(at.main.success, "Thanks: saved as feedback #")
+
+
+def test_saliency_overlay_or_a_plain_note(dashboard_env, mnist):
+    at = open_page("predict")
+    at.file_uploader[0].set_value(("digit.png", digit_png(mnist, 3), "image/png")).run()
+    assert not at.exception and not at.error, texts(at.error)
+    captions = image_captions(at)
+    if endpoint_exists(dashboard_env, "POST", "/explain"):
+        assert "Saliency: where the model looked" in captions
+    else:
+        assert find_text(at.caption, "not offered by this backend yet")
+        assert "Saliency: where the model looked" not in captions
+    at.toggle[0].set_value(False).run()
+    assert not find_text(at.caption, "Saliency heatmap")
+
+
+# -- Retrain ----------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def retrain_available(dashboard_env) -> str:
+    """Skip unless the backend has the training endpoints."""
+    if not endpoint_exists(dashboard_env, "POST", "/retrain"):
+        pytest.skip("POST /retrain is not in this backend yet (answers 404)")
+    return dashboard_env
+
+
+def test_retrain_job_shows_progress_then_the_verdict(retrain_available, frontend_store):
+    at = open_page("retrain")
+    active_before = frontend_store.active_version()
+    at.number_input[0].set_value(2)
+    at.radio[0].set_value("active")
+    next(b for b in at.button if b.label == "Start retraining").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+
+    heading = next(text for text in texts(at.main.markdown) if text.startswith("#### Job"))
+    assert "**queued**" in heading or "**running**" in heading, heading
+    bar = progress_bars(at)[0]
+    assert 0 <= bar.value < 100 and ("queued" in bar.text or "running" in bar.text)
+
+    # A second request while the job runs is refused with a readable 409.
+    next(b for b in at.button if b.label == "Start retraining").click().run()
+    busy = find_text(at.main.error, "Busy:")
+    assert busy is not None or any(f"**{s}**" in t for t in texts(at.main.markdown) for s in TERMINAL)
+
+    seen = wait_for_job_end(at)
+    assert any("**running**" in h or "**queued**" in h for h in seen)
+    final = next(text for text in texts(at.main.markdown) if text.startswith("#### Job"))
+    assert progress_bars(at)[0].value == 100 or "**failed**" in final
+    verdict = find_text(at.main.success, "Promoted:") or find_text(at.main.warning, "Rejected:")
+    assert verdict, (final, texts(at.main.error))
+    comparison = next(df.value for df in at.dataframe if "evaluated on" in df.value.columns)
+    assert list(comparison["evaluated on"]) == ["MNIST test", "Upload hold-out"]
+    assert comparison["candidate"].iloc[0] > 0
+    # The panel's curves show the two epochs, and the verdict matches the store.
+    promoted = verdict.startswith("Promoted")
+    assert (frontend_store.active_version() != active_before) == promoted
+    if promoted:  # put the original back for the other tests
+        frontend_store.activate(active_before)
+
+
+def test_zip_upload_shows_dataset_summary_and_holdout_comparison(retrain_available, mnist):
+    at = open_page("retrain")
+    at.file_uploader[0].set_value(("mine.zip", digits_zip(mnist), "application/zip"))
+    at.number_input[1].set_value(1)
+    next(b for b in at.button if b.label == "Upload and retrain").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    summary = find_text(at.markdown, "**Uploaded dataset")
+    assert summary and "60 images" in summary
+    assert find_text(at.markdown, "Skipped files: **1**")
+    skipped = next(df.value for df in at.dataframe if "reason" in df.value.columns)
+    assert list(skipped["name"]) == ["mine/notes.txt"]
+
+    wait_for_job_end(at)
+    assert find_text(at.markdown, "**Uploaded dataset")  # still shown with the result
+    comparison = next(df.value for df in at.dataframe if "evaluated on" in df.value.columns)
+    holdout = comparison.set_index("evaluated on").loc["Upload hold-out"]
+    assert holdout["examples"] > 0 and holdout["candidate"] is not None
+
+
+def test_bad_zip_gives_a_readable_error(retrain_available):
+    at = open_page("retrain")
+    at.file_uploader[0].set_value(("broken.zip", b"not a zip at all", "application/zip"))
+    next(b for b in at.button if b.label == "Upload and retrain").click().run()
+    assert not at.exception
+    assert find_text(at.main.error, "The backend refused this (HTTP 4"), texts(at.main.error)
+
+
+def test_wrong_token_gives_a_readable_401(retrain_available, monkeypatch):
+    monkeypatch.setenv("ADMIN_TOKEN", "not-the-token")
+    at = open_page("retrain")
+    next(b for b in at.button if b.label == "Start retraining").click().run()
+    assert not at.exception
+    assert find_text(at.main.error, "Not authorised: Missing or wrong admin token")
+
+
+def test_missing_token_disables_admin_actions_and_says_how_to_set_it(dashboard_env, monkeypatch, tmp_path):
+    monkeypatch.delenv("ADMIN_TOKEN")
+    monkeypatch.setenv("ADMIN_TOKEN_FILE", str(tmp_path / "no-such-file"))
+    at = open_page("retrain")
+    assert find_text(at.main.warning, "Set ADMIN_TOKEN")
+    assert all(b.disabled for b in at.button if b.label in ("Start retraining", "Upload and retrain"))
+    assert find_text(at.sidebar.caption, "Admin token: not set")
+    models = open_page("models")
+    assert find_text(models.main.warning, "Set ADMIN_TOKEN")
+
+
+def test_token_is_read_from_env_then_token_file(monkeypatch, tmp_path):
+    from frontend.client import admin_token
+
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    monkeypatch.setenv("ADMIN_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("ADMIN_TOKEN", "from-env")
+    assert admin_token() == "from-env"
+    monkeypatch.delenv("ADMIN_TOKEN")
+    assert admin_token() == "from-file"
+    monkeypatch.setenv("ADMIN_TOKEN_FILE", str(tmp_path / "missing"))
+    assert admin_token() is None
+
+
+# -- Metrics --------------------------------------------------------------------------------------
+
+def test_metrics_page_shows_curves_confusion_matrix_table_and_mistakes(dashboard_env, frontend_store):
+    at = open_page("metrics")
+    active = frontend_store.active_version()
+    meta = frontend_store.metadata(active)
+    assert at.selectbox[0].value == active
+    assert at.metric[0].value == f"{meta['test_metrics']['accuracy']:.2%}"
+    curves = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    titles = [spec.get("title", {}).get("text") if isinstance(spec.get("title"), dict) else spec.get("title") for spec in curves]
+    assert "Accuracy" in titles and "Loss" in titles
+    assert len(at.get("image")) >= 1  # the seaborn confusion matrix, rendered by st.pyplot
+    table = next(df.value for df in at.dataframe if "precision" in df.value.columns)
+    assert list(table.index) == [str(d) for d in range(10)]
+    assert table.loc["3", "support"] == meta["test_metrics"]["per_class"]["3"]["support"]
+    mistakes = meta["test_metrics"]["misclassified"]
+    if endpoint_exists(dashboard_env, "GET", f"/mnist/test/{mistakes[0]['index']}.png"):
+        assert find_text(at.caption, "recorded mistakes")
+    else:
+        listed = next(df.value for df in at.dataframe if "predicted" in df.value.columns)
+        assert list(listed["index"])[:5] == [m["index"] for m in mistakes[:5]]
+    assert find_text(at.markdown, "**Class distribution**")
+
+
+def test_metrics_page_switches_version(dashboard_env, frontend_store):
+    at = open_page("metrics")
+    other = next(v for v in frontend_store.versions() if v != frontend_store.active_version())
+    at.selectbox[0].set_value(other).run()
+    assert not at.exception
+    assert at.metric[0].value == f"{frontend_store.metadata(other)['test_metrics']['accuracy']:.2%}"
+
+
+# -- Models ---------------------------------------------------------------------------------------
+
+def test_models_page_lists_versions_with_active_marked(dashboard_env, frontend_store):
+    at = open_page("models")
+    table = at.dataframe[0].value
+    assert sorted(table["version"]) == sorted(frontend_store.versions())
+    marked = table.loc[table["active"] != "", "version"].tolist()
+    assert marked == [frontend_store.active_version()]
+    assert table["trained on"].str.contains("mnist").all()
+
+
+def test_activate_needs_confirmation_then_switches_and_rolls_back(dashboard_env, frontend_store):
+    if not endpoint_exists(dashboard_env, "POST", "/models/x/activate"):
+        pytest.skip("POST /models/<v>/activate is not in this backend yet (answers 404)")
+    original = frontend_store.active_version()
+    at = open_page("models")
+    target = at.selectbox[0].value
+    assert target != original
+    at.button(key="ask-activate").click().run()
+    assert find_text(at.main.warning, f"Serve `{target}` instead of `{original}`?")
+    assert frontend_store.active_version() == original  # nothing happens before confirming
+    at.button(key="cancel-activate").click().run()
+    assert frontend_store.active_version() == original and not find_text(at.main.warning, "Serve `")
+
+    at.button(key="ask-activate").click().run()
+    at.button(key="confirm-activate").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert find_text(at.main.success, f"Now serving `{target}` (was `{original}`)")
+    assert frontend_store.active_version() == target
+    assert requests.get(f"{dashboard_env}/health", timeout=10).json()["model_version"] == target
+    assert find_text(at.sidebar.success, target)
+
+    # Roll back to the original.
+    at.selectbox[0].set_value(original)
+    at.button(key="ask-activate").click().run()
+    at.button(key="confirm-activate").click().run()
+    assert frontend_store.active_version() == original

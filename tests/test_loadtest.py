@@ -1,0 +1,191 @@
+"""The Locust load test: a smoke run against real gunicorn, wrong bodies failing a run, the swap timeline.
+
+Locust is only ever run in a subprocess: importing it here would gevent-patch the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from benchmarks import loadtest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """Return a loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_path):
+    """~10 s of the default mix against a gunicorn the command starts: zero failures, every report file."""
+    host = f"http://127.0.0.1:{free_port()}"
+    args = loadtest.parse_args([
+        "--host", host, "-u", "4", "-r", "4", "-t", "10s", "--max-p95-ms", "0",  # a shared CI box must not flake on p95
+        "--model-dir", str(trained_store.root), "--data-dir", str(tmp_path / "data"), "--reports", str(tmp_path / "reports"),
+    ])
+
+    code, out, summary = loadtest.run(args)
+
+    assert code == 0
+    assert summary["backend_started"] is True
+    assert summary["requests"] > 10 and summary["failures"] == 0
+    assert summary["predict_requests"] > 0 and summary["predict_failures"] == 0
+    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv", "report.html", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert "Locust" in (out / "report.html").read_text()
+    versions = loadtest.read_csv(out / "locust_model_versions.csv")
+    assert [row["version"] for row in versions] == [trained_store.active_version()]
+    png = (out / "loadtest.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    assert loadtest.health(host) is None  # the backend the command started is stopped again
+
+
+class StubApi(BaseHTTPRequestHandler):
+    """A fake backend: bad prediction bodies, or a retrain job that swaps v1 for v2."""
+
+    mode = "bad"
+    job_started: float | None = None
+    served = 0
+
+    def log_message(self, *args) -> None:
+        """Keep the test output quiet."""
+
+    def _send(self, status: int, body, content_type: str = "application/json") -> None:
+        """Answer with a JSON (or text) body."""
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _version(self) -> str:
+        """v2 once the fake job has run for two seconds, else v1."""
+        started = type(self).job_started
+        return "v2" if started is not None and time.time() - started > 2.0 else "v1"
+
+    def do_GET(self) -> None:
+        """Health, model listings, metrics and the job."""
+        if self.path == "/health":
+            self._send(200, {"status": "ok", "model_version": self._version()})
+        elif self.path == "/model":
+            self._send(200, {"version": self._version()})
+        elif self.path == "/models":
+            self._send(200, {"active": self._version(), "versions": []})
+        elif self.path == "/metrics":
+            self._send(200, "digitlab_http_requests_total 1\n", "text/plain")
+        elif self.path == "/jobs/job-1":
+            status = "running" if self._version() == "v1" else "succeeded"
+            self._send(200, {"status": status, "progress": 1.0 if status == "succeeded" else 0.5,
+                             "result": {"candidate": "v2", "promoted": True} if status == "succeeded" else None})
+        else:
+            self._send(404, {"error": "no such endpoint"})
+
+    def do_POST(self) -> None:
+        """Predictions (bad or good) and the retrain trigger."""
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/retrain":
+            if self.headers.get("Authorization") != "Bearer stub-token":
+                self._send(401, {"error": "wrong token"})
+                return
+            type(self).job_started = time.time()
+            self._send(202, {"job_id": "job-1", "status_url": "/jobs/job-1"})
+            return
+        if self.path != "/predict":
+            self._send(404, {"error": "no such endpoint"})
+            return
+        type(self).served += 1
+        good = {"digit": 3, "confidence": 0.91, "probabilities": [0.01] * 10, "model_version": self._version(),
+                "inference_ms": 1.0}
+        good["probabilities"][3] = 0.91
+        if self.mode == "bad":
+            broken = {key: value for key, value in good.items() if key != "digit"} if self.served % 2 else {
+                **good, "probabilities": [0.09] * 10, "digit": 0, "confidence": 0.09}
+            self._send(200, broken)
+        else:
+            self._send(200, good)
+
+
+@pytest.fixture()
+def stub(request):
+    """Serve StubApi in `request.param` mode on a loopback port; yield its URL."""
+    handler = type("Stub", (StubApi,), {"mode": request.param, "job_started": None, "served": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("stub", ["bad"], indirect=True)
+def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub, tmp_path):
+    """A missing digit and probabilities summing to 0.9 are failures, and the gate exits non-zero."""
+    prefix = tmp_path / "bad"
+    result = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "locustfile.py"), "--headless", "-u", "2", "-r", "2",
+         "-t", "3s", "-H", stub, "--csv", str(prefix), "--only-summary", "PredictUser"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "failure ratio" in result.stderr and "LOCUST_MAX_FAIL_RATIO" in result.stderr
+    failures = (tmp_path / "bad_failures.csv").read_text()
+    assert "missing or invalid 'digit'" in failures
+    assert "probabilities sum to 0.900000, not 1" in failures
+    total = next(row for row in loadtest.read_csv(tmp_path / "bad_stats.csv") if row["Name"] == "Aggregated")
+    assert int(total["Request Count"]) > 0 and total["Failure Count"] == total["Request Count"]
+
+
+@pytest.mark.parametrize("stub", ["swap"], indirect=True)
+def test_retrain_scenario_records_job_and_marks_the_swap(stub, tmp_path, monkeypatch):
+    """AdminUser starts a retrain and follows it; the new version's first appearance is the swap; the run ends after the job."""
+    monkeypatch.setenv("ADMIN_TOKEN", "stub-token")
+    args = loadtest.parse_args(["--host", stub, "--scenario", "retrain", "-u", "3", "-r", "3", "-t", "30s",
+                                "--admin-delay", "1", "--after-job", "2", "--reports", str(tmp_path)])
+
+    started = time.time()
+    code, out, summary = loadtest.run(args)
+
+    assert time.time() - started < 20  # ended 2 s after the job, not at the 30 s limit
+    assert code == 0 and summary["failures"] == 0 and summary["predict_failures"] == 0
+    statuses = [event["status"] for event in summary["job"]]
+    assert statuses[0] == "submitted" and statuses[-1] == "succeeded"
+    assert summary["swaps"] == ["v2"]
+    old, new = summary["model_versions"]
+    assert old["version"] == "v1" and new["version"] == "v2" and new["first_seen_s"] >= old["first_seen_s"]
+    phases = {row["phase"]: row for row in summary["phases"]}
+    assert set(phases) == {"1 before job", "2 job running (train, gate, swap)", "3 after job (succeeded)"}
+    assert all(row["failures"] == 0 for row in phases.values())
+    assert (out / "loadtest.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_knee_is_the_last_step_before_throughput_stops_following_users():
+    """req/s doubling with users is below the knee; +12% for +50% users is past it."""
+    steps = [{"users": 20, "requests_per_s": 19.0}, {"users": 40, "requests_per_s": 38.0},
+             {"users": 60, "requests_per_s": 42.5}, {"users": 80, "requests_per_s": 43.0}]
+    assert loadtest.find_knee(steps) == 1
+    assert loadtest.find_knee(steps[:2]) == 1  # still linear: the knee lies beyond the last step
+    assert loadtest.find_knee([]) is None
+
+
+def test_only_loopback_hosts_are_accepted():
+    """The command starts and loads backends, so it refuses anything but loopback."""
+    assert loadtest.loopback_address("http://localhost:5000") == ("127.0.0.1", 5000)
+    assert loadtest.loopback_address("http://127.0.0.1:8080/") == ("127.0.0.1", 8080)
+    with pytest.raises(ValueError, match="loopback"):
+        loadtest.loopback_address("http://10.1.2.3:5000")
+    with pytest.raises(SystemExit):
+        loadtest.parse_args(["--host", "http://example.com"])
