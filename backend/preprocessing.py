@@ -190,8 +190,10 @@ def _fit_to_box(digit: np.ndarray) -> np.ndarray:
     height, width = digit.shape
     scale = DIGIT_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = np.asarray(Image.fromarray(digit, mode="F").resize(size, Image.Resampling.LANCZOS))
-    resized = np.clip(resized, 0.0, None)
+    if size == (width, height):  # already MNIST-sized, as MNIST's own digits are
+        resized = digit
+    else:
+        resized = np.clip(np.asarray(Image.fromarray(digit, mode="F").resize(size, Image.Resampling.LANCZOS)), 0.0, None)
     peak = float(resized.max())
     return resized / peak if peak > 0 else resized
 
