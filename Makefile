@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 BACKEND_BIND ?= 127.0.0.1:5000
 DASHBOARD_PORT ?= 8501
-export MNIST_PATH ?= $(abspath ../shared/data/mnist_subset.npz)
+# The shared offline MNIST subset when it sits beside the checkout; otherwise Keras downloads MNIST.
+export MNIST_PATH ?= $(wildcard $(abspath ../shared/data/mnist_subset.npz))
 
 .PHONY: setup run backend dashboard test train evaluate bench clean
 

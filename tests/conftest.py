@@ -14,6 +14,13 @@ os.environ.setdefault("MNIST_PATH", str(SHARED_MNIST))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the suite's markers and quiet third-party deprecation noise (no pytest.ini at the top level)."""
+    config.addinivalue_line("markers", "browser: drives headless Chromium against the real backend and dashboard")
+    for noise in ("ignore::DeprecationWarning", "ignore::UserWarning:keras.*", "ignore::UserWarning:apispec.*"):
+        config.addinivalue_line("filterwarnings", noise)
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """Raw MNIST arrays from MNIST_PATH."""
