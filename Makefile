@@ -8,7 +8,7 @@ DASHBOARD_PORT ?= 8501
 # The shared offline MNIST subset when it sits beside the checkout; otherwise Keras downloads MNIST.
 export MNIST_PATH ?= $(wildcard $(abspath ../shared/data/mnist_subset.npz))
 
-.PHONY: setup run backend dashboard test train evaluate bench clean
+.PHONY: setup run backend test train evaluate screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ run: setup
 	@trap 'kill 0' EXIT; \
 	$(VENV)/bin/gunicorn -c backend/gunicorn.conf.py --bind $(BACKEND_BIND) backend.wsgi:app & \
 	BACKEND_URL=http://$(BACKEND_BIND) $(VENV)/bin/streamlit run frontend/app.py \
-		--server.port $(DASHBOARD_PORT) --server.headless true --browser.gatherUsageStats false
+		--server.port $(DASHBOARD_PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode viewer
 
 backend: setup
 	$(VENV)/bin/gunicorn -c backend/gunicorn.conf.py --bind $(BACKEND_BIND) backend.wsgi:app
@@ -39,3 +39,7 @@ evaluate: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Refresh the README's dashboard screenshots from the browser test.
+screenshots: setup
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest -m browser tests/test_browser.py

@@ -126,10 +126,6 @@ class BackendClient:
                 return exc.body
             raise
 
-    def active_model(self) -> dict[str, Any]:
-        """GET /model: the active version's metadata."""
-        return self._json("GET", "/model")
-
     def models(self) -> dict[str, Any]:
         """GET /models: every version with headline metrics, and which is active."""
         return self._json("GET", "/models")
@@ -146,6 +142,10 @@ class BackendClient:
         """GET /mnist/test/<index>.png: one MNIST test digit as PNG bytes."""
         return self._request("GET", f"/mnist/test/{int(index)}.png").content
 
+    def datasets(self) -> list[dict[str, Any]]:
+        """GET /datasets: uploaded datasets with per-class counts and skipped files."""
+        return self._json("GET", "/datasets").get("datasets", [])
+
     def jobs(self) -> list[dict[str, Any]]:
         """GET /jobs: training jobs, as the backend orders them."""
         return self._json("GET", "/jobs").get("jobs", [])
@@ -160,11 +160,6 @@ class BackendClient:
         """POST /predict with one image; `include_input` asks for the 28x28 the model saw."""
         params = {"include": "input"} if include_input else None
         return self._json("POST", "/predict", params=params, files={"file": image.field()}, timeout=UPLOAD_TIMEOUT)
-
-    def predict_batch(self, images: list[Upload]) -> list[dict[str, Any]]:
-        """POST /predict/batch with several images, one prediction each in order."""
-        files = [("files", image.field()) for image in images]
-        return self._json("POST", "/predict/batch", files=files, timeout=UPLOAD_TIMEOUT)["predictions"]
 
     def explain(self, image: Upload) -> dict[str, Any]:
         """POST /explain: the prediction with a saliency heatmap and overlay PNG (base64)."""
@@ -212,7 +207,7 @@ def _error_from(response: requests.Response, method: str, path: str) -> BackendE
     if not message:
         message = f"{method} {path} failed with HTTP {response.status_code} {response.reason or ''}".strip()
     if response.status_code == 401 and admin_token():
-        message = f"{message} (the dashboard's admin token was refused: check ADMIN_TOKEN / ADMIN_TOKEN_FILE)"
+        message = f"{message} The dashboard's token (from ADMIN_TOKEN, ADMIN_TOKEN_FILE or data/admin_token) was refused."
     return BackendError(message, status=response.status_code, body=body)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any, Callable, TypeVar
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -61,6 +62,12 @@ def cached_mnist_png(base_url: str, index: int) -> bytes:
     return get_client(base_url).mnist_test_png(index)
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def cached_datasets(base_url: str) -> list[dict[str, Any]]:
+    """GET /datasets (an upload never changes once stored; new ones appear within a minute)."""
+    return get_client(base_url).datasets()
+
+
 def refresh_model_caches() -> None:
     """Forget cached health and listings after something changed the active version."""
     cached_health.clear()
@@ -84,6 +91,8 @@ def show_error(exc: BackendError) -> None:
         st.error(f"Not authorised: {exc.message}", icon=":material/lock:")
     elif exc.status == 409:
         st.error(f"Busy: {exc.message}", icon=":material/hourglass_top:")
+    elif exc.status is not None and exc.status >= 500:
+        st.error(f"The backend failed (HTTP {exc.status}): {exc.message}", icon=":material/error:")
     else:
         st.error(f"The backend refused this (HTTP {exc.status}): {exc.message}", icon=":material/error:")
 
@@ -125,12 +134,29 @@ def history_frames(history: dict[str, list[float]]) -> tuple[pd.DataFrame, pd.Da
     """Split a Keras-style history into accuracy and loss frames (train and validation), indexed by epoch."""
 
     def frame(train_key: str, val_key: str) -> pd.DataFrame:
+        """One metric's train and validation columns, padded to the same length."""
         columns = {"train": history.get(train_key) or [], "validation": history.get(val_key) or []}
         length = max((len(values) for values in columns.values()), default=0)
         data = {name: list(values) + [None] * (length - len(values)) for name, values in columns.items() if values}
         return pd.DataFrame(data, index=pd.RangeIndex(1, length + 1, name="epoch"), dtype="float64")
 
     return frame("accuracy", "val_accuracy"), frame("loss", "val_loss")
+
+
+def curve_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    """An Altair line chart with a point per epoch (so a one-epoch run still shows), train and validation."""
+    long = frame.reset_index().melt("epoch", var_name="split", value_name=title).dropna()
+    return (
+        alt.Chart(long, title=title.capitalize())
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", axis=alt.Axis(format="d", tickMinStep=1), scale=alt.Scale(domainMin=1)),
+            # Loss spans orders of magnitude over a run, so it reads better on a log scale.
+            y=alt.Y(f"{title}:Q", scale=alt.Scale(type="log") if title == "loss" else alt.Scale(zero=False), title=None),
+            color=alt.Color("split:N", scale=alt.Scale(domain=["train", "validation"]), legend=alt.Legend(title=None)),
+            tooltip=["epoch:Q", "split:N", alt.Tooltip(f"{title}:Q", format=".4f")],
+        )
+    )
 
 
 def history_charts(history: dict[str, list[float]] | None) -> None:
@@ -141,11 +167,9 @@ def history_charts(history: dict[str, list[float]] | None) -> None:
         return
     left, right = st.columns(2)
     with left:
-        st.markdown("**Accuracy**")
-        st.line_chart(accuracy, x_label="epoch", height=240)
+        st.altair_chart(curve_chart(accuracy, "accuracy"), width="stretch", height=260)
     with right:
-        st.markdown("**Loss**")
-        st.line_chart(loss, x_label="epoch", height=240)
+        st.altair_chart(curve_chart(loss, "loss"), width="stretch", height=260)
 
 
 def per_class_frame(per_class: dict[str, Any], column: str) -> pd.DataFrame:
@@ -157,4 +181,20 @@ def sources_text(sources: list[dict[str, Any]] | None) -> str:
     """Describe where a version's training data came from, in one line."""
     if not sources:
         return "—"
-    return "; ".join(f"{s.get('name', '?')}: {s.get('examples', '?')} ({s.get('origin', '?')})" for s in sources)
+    return "; ".join(
+        f"{s.get('name', '?')}: {s.get('examples', '?')} images" + (f" ({s['origin']})" if s.get("origin") else "") for s in sources
+    )
+
+
+def plain_reason(reason: str | None) -> str:
+    """The promotion gate's reason without its leading 'promoted: '/'rejected: ' (the page states the verdict)."""
+    text = (reason or "").strip()
+    for prefix in ("promoted: ", "rejected: "):
+        if text.lower().startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def short_time(stamp: str | None) -> str:
+    """Show an ISO timestamp as 'YYYY-MM-DD HH:MM' (UTC as stored)."""
+    return stamp[:16].replace("T", " ") if stamp else "—"

@@ -106,7 +106,8 @@ class ModelMetadata(Schema):
     test_metrics = fields.Dict()
     architecture = fields.Dict()
     environment = fields.Dict()
-    promotion = fields.Dict(metadata={"description": "The promotion gate's before/after comparison, if any."})
+    holdout_metrics = fields.Dict(metadata={"description": "Accuracy on uploaded hold-out sets, for fine-tuned versions."})
+    job = fields.String(metadata={"description": "The job that trained this version, if any."})
 
 
 class RetrainRequest(Schema):

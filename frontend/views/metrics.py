@@ -78,7 +78,7 @@ def misclassified_gallery(mistakes: list[dict[str, Any]]) -> None:
         if not exc.not_found:
             show_error(exc)
         st.caption("The backend does not serve MNIST test images (GET /mnist/test/<index>.png), so here is the list instead.")
-        st.dataframe(pd.DataFrame(shown), hide_index=True)
+        st.dataframe(pd.DataFrame(shown, columns=["index", "true", "predicted", "confidence"]), hide_index=True, height=250)
         return
     st.caption(f"{len(shown)} of the {len(mistakes)} recorded mistakes: true → predicted (confidence).")
     for start in range(0, len(shown), GALLERY_COLUMNS):
@@ -102,18 +102,18 @@ def data_section(meta: dict[str, Any]) -> None:
             show_error(exc)
         summary = None
     # The version's own training counts are always known; the MNIST summary adds the test split and mean digits.
-    train = per_class_frame((meta.get("data") or {}).get("per_class") or {}, "train (this version)")
+    train = per_class_frame((meta.get("data") or {}).get("per_class") or {}, "trained on (this version)")
     support = {d: v.get("support", 0) for d, v in ((meta.get("test_metrics") or {}).get("per_class") or {}).items()}
-    frames = [train, per_class_frame(support, "test")]
+    frames = [train, per_class_frame(support, "tested on (this version)")]
     if summary:
-        frames.insert(1, per_class_frame(summary.get("train_per_class") or {}, "MNIST train"))
+        frames.insert(0, per_class_frame(summary.get("train_per_class") or {}, "MNIST train split"))
     counts = pd.concat(frames, axis=1)
     st.markdown("**Class distribution**")
     st.bar_chart(counts, x_label="digit", y_label="images", stack=False, height=260)
     st.markdown("**Average digit per class**")
     means = (summary or {}).get("mean_digit_png") or {}
     if not means:
-        st.caption("The backend does not offer GET /mnist/summary, so the average digits cannot be shown.")
+        st.caption("The backend serves no MNIST summary (GET /mnist/summary answered 404), so the average digits cannot be shown.")
         return
     for column, digit in zip(st.columns(10), DIGITS):
         if digit in means:

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from client import TOKEN_HELP, BackendError, admin_token, backend_url
-from ui import attempt, cached_models, client, refresh_model_caches, show_error, sources_text
+from ui import attempt, cached_model, cached_models, client, plain_reason, refresh_model_caches, short_time, show_error, sources_text
 
 
 def versions_table(listing: dict[str, Any]) -> pd.DataFrame:
@@ -17,8 +17,8 @@ def versions_table(listing: dict[str, Any]) -> pd.DataFrame:
         {
             "active": "★ active" if row.get("active") else "",
             "version": row["version"],
-            "created": row.get("created"),
-            "accuracy": row.get("accuracy"),
+            "created (UTC)": short_time(row.get("created")),
+            "accuracy %": None if row.get("accuracy") is None else 100 * row["accuracy"],
             "macro F1": row.get("macro_f1"),
             "training s": row.get("training_seconds"),
             "parent": row.get("parent") or "— (scratch)",
@@ -27,6 +27,56 @@ def versions_table(listing: dict[str, Any]) -> pd.DataFrame:
         for row in listing.get("versions", [])
     ]
     return pd.DataFrame(rows)
+
+
+def version_details(version: str) -> None:
+    """Provenance of one version: data sources, hyperparameters and the promotion decision, if any."""
+    meta = attempt(cached_model, backend_url(), version)
+    if meta is None:
+        return
+    data = meta.get("data") or {}
+    st.markdown(f"Trained on **{data.get('train_examples', '?')}** images, tested on {data.get('test', '?')}; "
+                f"parent `{meta.get('parent') or 'none (from scratch)'}`.")
+    sources = data.get("sources") or []
+    if sources:
+        rows = [{"name": src.get("name"), "images": src.get("examples"), **{k: v for k, v in src.items() if k not in ("name", "examples", "per_class")}}
+                for src in sources]
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Hyperparameters**")
+        st.json(meta.get("hyperparameters") or {}, expanded=True)
+    with right:
+        st.markdown("**Promotion decision**")
+        promotion_decision(version, meta)
+        holdout = meta.get("holdout_metrics") or {}
+        for name, metrics in holdout.items():
+            st.caption(f"{name.replace('_', ' ')} accuracy: {metrics.get('accuracy', float('nan')):.2%} "
+                       f"on {metrics.get('examples', '?')} images")
+
+
+def promotion_decision(version: str, meta: dict[str, Any]) -> None:
+    """Say how a version came to be: the promotion gate's verdict from its metadata or its training job."""
+    if meta.get("promotion"):
+        st.json(meta["promotion"], expanded=True)
+        return
+    job = training_job(version, meta.get("job"))
+    if job is None:
+        st.caption("None recorded: trained outside the dashboard (e.g. `make train`) and activated by hand.")
+        return
+    result = job.get("result") or {}
+    verdict = "promoted" if result.get("promoted") else "rejected"
+    st.markdown(f"Job `{job.get('id')}` ({job.get('kind')}) **{verdict}** it: {plain_reason(result.get('reason'))}.")
+
+
+def training_job(version: str, job_id: str | None) -> dict[str, Any] | None:
+    """The training job that produced `version`: by the id in its metadata, else by searching GET /jobs."""
+    try:
+        if job_id:
+            return client().job(job_id)
+        return next((job for job in client().jobs() if (job.get("result") or {}).get("candidate") == version), None)
+    except BackendError:
+        return None  # provenance is a nicety: the page works without the jobs API
 
 
 def activation_controls(listing: dict[str, Any]) -> None:
@@ -50,32 +100,39 @@ def activation_controls(listing: dict[str, Any]) -> None:
         format_func=lambda v: f"{v} · accuracy {scores[v]:.2%}" if scores.get(v) is not None else v,
     )
     pending = st.session_state.get("pending_activation")
-    if pending is None:
-        if st.button("Activate…", key="ask-activate"):
-            st.session_state["pending_activation"] = target
+    if pending is not None:
+        st.warning(
+            f"Serve `{pending}` instead of `{active}`? Every prediction switches to it at once; you can roll back here.",
+            icon=":material/swap_horiz:",
+        )
+        confirm, cancel = st.columns([1, 5])
+        if confirm.button("Yes, activate", type="primary", key="confirm-activate"):
+            st.session_state.pop("pending_activation", None)
+            if switch_to(pending):
+                st.rerun()
+        elif cancel.button("Cancel", key="cancel-activate"):
+            st.session_state.pop("pending_activation", None)
             st.rerun()
-        return
-    st.warning(
-        f"Serve `{pending}` instead of `{active}`? Every prediction switches to it at once; you can roll back here.",
-        icon=":material/swap_horiz:",
-    )
-    confirm, cancel = st.columns([1, 5])
-    if confirm.button("Yes, activate", type="primary", key="confirm-activate"):
-        st.session_state.pop("pending_activation", None)
-        try:
-            answer = client().activate(pending)
-        except BackendError as exc:
-            if exc.not_found and "No such endpoint" in exc.message:
-                st.info("This backend cannot switch versions yet (POST /models/<version>/activate answered 404).")
-            else:
-                show_error(exc)
-            return
-        refresh_model_caches()
-        st.session_state["activation_done"] = answer
+        else:
+            return  # waiting for the answer
+    if st.button("Activate…", key="ask-activate"):
+        st.session_state["pending_activation"] = target
         st.rerun()
-    if cancel.button("Cancel", key="cancel-activate"):
-        st.session_state.pop("pending_activation", None)
-        st.rerun()
+
+
+def switch_to(version: str) -> bool:
+    """POST the activation; True on success (remembered for the next run), else show why not."""
+    try:
+        answer = client().activate(version)
+    except BackendError as exc:
+        if exc.not_found and "No such endpoint" in exc.message:
+            st.info("This backend cannot switch versions yet (POST /models/<version>/activate answered 404).")
+        else:
+            show_error(exc)
+        return False
+    refresh_model_caches()
+    st.session_state["activation_done"] = answer
+    return True
 
 
 st.title("Models")
@@ -88,14 +145,19 @@ if listing is None:
 if not listing.get("versions"):
     st.info("No model versions yet: train one with `make train`.")
     st.stop()
-st.caption(f"{len(listing['versions'])} versions, newest first. Active: `{listing.get('active') or 'none'}`.")
+count = len(listing["versions"])
+st.caption(f"{count} version{'s' if count != 1 else ''}, newest first. Active: `{listing.get('active') or 'none'}`.")
 st.dataframe(
     versions_table(listing), hide_index=True,
     column_config={
-        "accuracy": st.column_config.NumberColumn(format="percent"),
+        "accuracy %": st.column_config.NumberColumn(format="%.2f"),
         "macro F1": st.column_config.NumberColumn(format="%.4f"),
         "training s": st.column_config.NumberColumn(format="%.0f"),
         "trained on": st.column_config.TextColumn(width="large"),
     },
 )
 activation_controls(listing)
+st.subheader("Provenance")
+chosen = st.selectbox("Version", [row["version"] for row in listing["versions"]], key="details-version",
+                      format_func=lambda v: f"{v} (active)" if v == listing.get("active") else v)
+version_details(chosen)

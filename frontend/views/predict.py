@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
 from client import BackendError, Upload, backend_url, decode_png
-from ui import DIGITS, attempt, client, get_client, png, show_error
+from ui import DIGITS, attempt, cached_health, client, get_client, png, show_error
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 CANVAS_SIDE = 280
@@ -34,7 +35,6 @@ def drawn_image() -> Upload | None:
     except Exception as exc:  # the canvas is optional: uploads still work without it
         st.info(f"The drawing canvas is unavailable ({type(exc).__name__}: {exc}); upload an image instead.")
         return None
-    st.caption("Draw one digit, large and centred. Use the canvas toolbar to undo or clear.")
     try:
         result = st_canvas(
             stroke_width=18, stroke_color="#FFFFFF", background_color="#000000",
@@ -44,6 +44,7 @@ def drawn_image() -> Upload | None:
     except Exception as exc:  # a component incompatible with this Streamlit must not take the page down
         st.info(f"The drawing canvas failed to load ({type(exc).__name__}); upload an image instead.")
         return None
+    st.caption("Draw one digit, large and centred. The canvas toolbar (hover over it) undoes or clears.")
     objects = (result.json_data or {}).get("objects") if result is not None else None
     if not objects:
         return None
@@ -52,9 +53,21 @@ def drawn_image() -> Upload | None:
 
 
 def probability_chart(probabilities: list[float]) -> None:
-    """Bar chart of the ten class probabilities."""
-    frame = pd.DataFrame({"probability": probabilities}, index=pd.Index(DIGITS, name="digit"))
-    st.bar_chart(frame, x_label="digit", y_label="probability", height=220)
+    """Bar chart of the ten class probabilities, the predicted digit highlighted."""
+    best = int(max(range(len(probabilities)), key=probabilities.__getitem__))
+    frame = pd.DataFrame({"digit": DIGITS, "probability": probabilities, "predicted": [d == best for d in range(10)]})
+    chart = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("digit:N", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+            color=alt.condition("datum.predicted", alt.value("#d33f49"), alt.value("#8fb3d9")),
+            tooltip=["digit:N", alt.Tooltip("probability:Q", format=".4f")],
+        )
+        .properties(height=220)
+    )
+    st.altair_chart(chart, width="stretch")
 
 
 def feedback_form(image: Upload, result: dict[str, Any], key: str) -> None:
@@ -99,7 +112,7 @@ def saliency(image: Upload, version: str | None) -> None:
 
 
 def show_prediction(image: Upload, version: str | None, explain: bool) -> None:
-    """One image's row: original, model input, answer, probabilities, saliency and feedback."""
+    """One image's row: original, model input, saliency, answer, probabilities; then feedback."""
     key = hashlib.sha1(image.data).hexdigest()[:12]
     with st.container(border=True):
         st.markdown(f"**{image.name}**")
@@ -108,25 +121,27 @@ def show_prediction(image: Upload, version: str | None, explain: bool) -> None:
         except BackendError as exc:
             show_error(exc)
             return
-        original, model_input, answer, chart = st.columns([1.2, 1, 1, 2.4])
-        with original:
+        widths = [1, 1, 1, 1.1, 2.4] if explain else [1, 1, 1.1, 2.4]
+        columns = st.columns(widths)
+        with columns[0]:
             st.image(image.data, caption="Original", width=140)
-        with model_input:
+        with columns[1]:
             if result.get("input") is not None:
                 st.image(png(result["input"], scale=5), caption="What the model saw (28×28)", width=140)
-        with answer:
+        if explain:
+            with columns[2]:
+                saliency(image, version)
+        with columns[-2]:
             st.metric("Predicted digit", result["digit"])
             st.markdown(f"Confidence **{result['confidence']:.1%}**")
             st.caption(f"model `{result['model_version']}` · {result['inference_ms']:.2f} ms")
-        with chart:
+        with columns[-1]:
             probability_chart(result["probabilities"])
-        if explain:
-            saliency(image, version)
         feedback_form(image, result, key)
 
 
 st.title("Predict a digit")
-health = attempt(client().health)
+health = attempt(cached_health, backend_url())
 if health is None:
     st.stop()
 if health.get("status") != "ok":

@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from client import TOKEN_HELP, BackendError, Upload, admin_token
-from ui import attempt, client, history_charts, per_class_frame, refresh_model_caches, show_error
+from client import TOKEN_HELP, BackendError, Upload, admin_token, backend_url
+from ui import attempt, cached_datasets, client, history_charts, per_class_frame, plain_reason, refresh_model_caches, show_error
 
 ACTIVE_STATES = ("queued", "running")
 REFRESH_SECONDS = 2.0
@@ -92,7 +92,22 @@ def dataset_summary(dataset: dict[str, Any]) -> None:
             rows = dataset.get("skipped") or []
             st.markdown(f"Skipped files: **{len(rows)}**")
             if rows:
-                st.dataframe(pd.DataFrame(rows), hide_index=True, height=180)
+                st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+def job_datasets(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The uploaded datasets a job trains on: from its upload answer, else from GET /datasets."""
+    remembered = st.session_state.get("datasets", {}).get(job.get("id"))
+    if remembered:
+        return [remembered]
+    wanted = (job.get("params") or {}).get("datasets") or []
+    if not wanted:
+        return []
+    try:
+        stored = cached_datasets(backend_url())
+    except BackendError:
+        return []  # the summary is a nicety: the job panel still works without it
+    return [d for d in stored if d.get("id") in wanted]
 
 
 def comparison_table(comparison: dict[str, Any]) -> pd.DataFrame:
@@ -103,7 +118,7 @@ def comparison_table(comparison: dict[str, Any]) -> pd.DataFrame:
         if not scores:
             rows.append({"evaluated on": label, "active": None, "candidate": None, "change": None, "examples": None})
             continue
-        active, candidate = scores.get("active"), scores.get("candidate")
+        active, candidate = (None if scores.get(k) is None else 100 * scores[k] for k in ("active", "candidate"))
         change = candidate - active if active is not None and candidate is not None else None
         rows.append({"evaluated on": label, "active": active, "candidate": candidate, "change": change, "examples": scores.get("examples")})
     return pd.DataFrame(rows)
@@ -120,18 +135,18 @@ def job_result(job: dict[str, Any]) -> None:
         return
     if not result:
         return
-    candidate, reason = result.get("candidate"), result.get("reason") or ""
+    candidate, reason = result.get("candidate"), plain_reason(result.get("reason"))
     if result.get("promoted"):
-        st.success(f"Promoted: `{candidate}` is now the active version (was `{result.get('previous')}`). {reason}", icon=":material/verified:")
+        st.success(f"Promoted: `{candidate}` is now the active version (was `{result.get('previous')}`): {reason}.", icon=":material/verified:")
     else:
-        st.warning(f"Rejected: `{candidate}` was kept out of service; `{result.get('previous')}` stays active. {reason}", icon=":material/block:")
+        st.warning(f"Rejected: `{candidate}` stays in the store but not in service; `{result.get('previous')}` stays active: {reason}.", icon=":material/block:")
     table = comparison_table(result.get("comparison") or {})
     st.dataframe(
         table, hide_index=True,
         column_config={
-            "active": st.column_config.NumberColumn(format="percent"),
-            "candidate": st.column_config.NumberColumn(format="percent"),
-            "change": st.column_config.NumberColumn(format="percent"),
+            "active": st.column_config.NumberColumn("active accuracy %", format="%.2f"),
+            "candidate": st.column_config.NumberColumn("candidate accuracy %", format="%.2f"),
+            "change": st.column_config.NumberColumn("change (points)", format="%+.2f"),
         },
     )
 
@@ -144,8 +159,7 @@ def job_details(job: dict[str, Any]) -> None:
     progress = min(max(float(job.get("progress") or 0.0), 0.0), 1.0)
     label = f"{status}: epoch {epoch} of {epochs}" if epochs else status
     st.progress(progress, text=f"{label} ({progress:.0%})")
-    dataset = st.session_state.get("datasets", {}).get(job.get("id"))
-    if dataset:
+    for dataset in job_datasets(job):
         dataset_summary(dataset)
     history_charts(job.get("history"))
     job_result(job)
@@ -164,6 +178,7 @@ def job_panel(job_id: str, first_status: str | None) -> None:
 
     @st.fragment(run_every=REFRESH_SECONDS if first_status in ACTIVE_STATES else None)
     def panel() -> None:
+        """Fetch the job and draw it; rerun the whole page once when it ends."""
         try:
             job = client().job(job_id)
         except BackendError as exc:
