@@ -8,7 +8,7 @@ DASHBOARD_PORT ?= 8501
 # The shared offline MNIST subset when it sits beside the checkout; otherwise Keras downloads MNIST.
 export MNIST_PATH ?= $(wildcard $(abspath ../shared/data/mnist_subset.npz))
 
-.PHONY: setup run backend test train evaluate screenshots clean
+.PHONY: setup run backend test train evaluate screenshots loadtest clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ evaluate: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Load-test the backend at BACKEND_BIND (started if nothing answers); see README "Load testing".
+LOADTEST_ARGS ?=
+loadtest: setup
+	$(PY) -m benchmarks.loadtest --host http://$(BACKEND_BIND) $(LOADTEST_ARGS)
 
 # Refresh the README's dashboard screenshots from the browser test.
 screenshots: setup

@@ -4,9 +4,11 @@ Starts the real gunicorn backend if nothing answers at --host, runs Locust headl
 locustfile.py, and writes reports/loadtest-<timestamp>/:
   locust_stats.csv, locust_stats_history.csv (full history), locust_failures.csv, ...  Locust's CSVs
   report.html                    Locust's HTML report
+  locust_final.json              final per-request figures (the summary's source)
   locust_model_versions.csv      when each model version was first/last seen in predictions
   locust_jobs.csv                the AdminUser's job timeline (retrain scenarios)
-  locust_steps.csv               per-step figures (step scenario)
+  locust_steps.csv               exact per-step figures (step scenario)
+  locust_phases.csv              exact /predict figures before, during and after the job (retrain scenarios)
   loadtest.png                   requests/s, p50/p95/p99 and users over time, model swaps marked
   summary.json                   the headline figures printed at the end
 Scenarios: mixed (Predict+Batch+Dashboard), predict, step (StepLoadShape, to find the knee),
@@ -34,11 +36,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlparse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO_ROOT / "locustfile.py"
+SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_subset.npz"  # the Makefile's MNIST_PATH default
 CSV_NAME = "locust"  # Locust's --csv prefix inside the report folder
 SCENARIOS: dict[str, list[str]] = {
     "mixed": [],  # no names: the locustfile's default mix
@@ -48,6 +51,7 @@ SCENARIOS: dict[str, list[str]] = {
     "upload": ["PredictUser", "DashboardUser", "AdminUser"],
 }
 BACKEND_START_SECONDS = 60
+TERMINAL_JOB_STATES = ("succeeded", "rejected", "failed", "cancelled")
 KNEE_EFFICIENCY = 0.5  # past the knee, req/s grows by less than half as much as the user count
 
 
@@ -56,19 +60,19 @@ class Backend:
     """A gunicorn backend this script started (and must stop)."""
 
     process: subprocess.Popen
-    log_path: Path
+    log: IO[str]
     env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         """Stop gunicorn gracefully, then hard if it does not exit in time."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()
 
 
 def parse_duration(text: str) -> int:
@@ -111,10 +115,18 @@ def health(host: str, timeout: float = 2.0) -> tuple[int, dict] | None:
         return None
 
 
+def base_env() -> dict[str, str]:
+    """The environment for child processes, with the Makefile's MNIST_PATH default (retrain jobs need MNIST)."""
+    env = dict(os.environ)
+    if "MNIST_PATH" not in env and SHARED_MNIST.is_file():
+        env["MNIST_PATH"] = str(SHARED_MNIST)
+    return env
+
+
 def start_backend(host: str, model_dir: Path | None, data_dir: Path | None, log_path: Path) -> Backend:
     """Start gunicorn on the host's port and wait until /health answers 200."""
     ip, port = loopback_address(host)
-    env = dict(os.environ)
+    env = base_env()
     if model_dir:
         env["MODEL_DIR"] = str(model_dir)
     if data_dir:
@@ -123,11 +135,12 @@ def start_backend(host: str, model_dir: Path | None, data_dir: Path | None, log_
                "--bind", f"{ip}:{port}", "backend.wsgi:app"]
     log_handle = log_path.open("w")
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_handle, stderr=subprocess.STDOUT)
-    backend = Backend(process, log_path, {k: env[k] for k in ("MODEL_DIR", "DATA_DIR") if k in env})
+    backend = Backend(process, log_handle, {k: env[k] for k in ("MODEL_DIR", "DATA_DIR") if k in env})
     deadline = time.time() + BACKEND_START_SECONDS
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with code {process.returncode}; see {log_path}")
+            backend.stop()
+            raise RuntimeError(f"gunicorn exited with code {process.returncode} (port {port} taken?); see {log_path}")
         answer = health(host)
         if answer and answer[0] == 200:
             return backend
@@ -150,7 +163,7 @@ def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
 
 def locust_env(args: argparse.Namespace, backend_env: dict[str, str]) -> dict[str, str]:
     """Environment for the Locust process: thresholds, shape and admin settings."""
-    env = {**os.environ, **backend_env}
+    env = {**base_env(), **backend_env}
     if args.max_fail_ratio is not None:
         env["LOCUST_MAX_FAIL_RATIO"] = str(args.max_fail_ratio)
     if args.max_p95_ms is not None:
@@ -163,7 +176,9 @@ def locust_env(args: argparse.Namespace, backend_env: dict[str, str]) -> dict[st
     else:
         env.pop("LOCUST_SHAPE", None)
     if args.scenario in ("retrain", "upload"):
-        env.update(LOCUST_ADMIN_ACTION=args.scenario, LOCUST_RETRAIN_EPOCHS=str(args.epochs))
+        env.update(LOCUST_ADMIN_ACTION=args.scenario, LOCUST_RETRAIN_EPOCHS=str(args.epochs), LOCUST_RETRAIN_FROM=args.start_from,
+                   LOCUST_ADMIN_DELAY=str(args.admin_delay), LOCUST_STOP_AFTER_JOB=str(args.after_job),
+                   LOCUST_FORCE_SWAP="1" if args.force_swap else "0")
     return env
 
 
@@ -229,25 +244,16 @@ def history_start(out: Path) -> float:
 def summarise(out: Path) -> dict[str, Any]:
     """Collect the headline figures of a finished run from its CSV files; times are seconds since start."""
     started = history_start(out)
-    stats = read_csv(out / f"{CSV_NAME}_stats.csv")
-    total = next((row for row in stats if row["Name"] == "Aggregated"), None)
-    endpoints = {
-        row["Name"]: {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-                      "requests_per_s": number(row["Requests/s"]), "p50_ms": number(row["50%"]),
-                      "p95_ms": number(row["95%"]), "p99_ms": number(row["99%"])}
-        for row in stats if row["Name"] != "Aggregated"
-    }
-    predict = [v for name, v in endpoints.items() if name.startswith("/predict [")]
+    final_path = out / f"{CSV_NAME}_final.json"
+    final = json.loads(final_path.read_text()) if final_path.is_file() else {}
+    total = final.get("Aggregated", {})
+    endpoints = {row["name"]: row for key, row in final.items() if key != "Aggregated"}
+    predict = [row for name, row in endpoints.items() if name.startswith("/predict [")]
     summary: dict[str, Any] = {
         "report": str(out),
-        "requests": int(total["Request Count"]) if total else 0,
-        "failures": int(total["Failure Count"]) if total else 0,
-        "requests_per_s": number(total["Requests/s"]) if total else math.nan,
-        "p50_ms": number(total["50%"]) if total else math.nan,
-        "p95_ms": number(total["95%"]) if total else math.nan,
-        "p99_ms": number(total["99%"]) if total else math.nan,
-        "predict_requests": sum(v["requests"] for v in predict),
-        "predict_failures": sum(v["failures"] for v in predict),
+        **{key: total.get(key, math.nan) for key in ("requests", "failures", "requests_per_s", "p50_ms", "p95_ms", "p99_ms")},
+        "predict_requests": sum(row["requests"] for row in predict),
+        "predict_failures": sum(row["failures"] for row in predict),
         "endpoints": endpoints,
     }
     versions = read_csv(out / f"{CSV_NAME}_model_versions.csv")
@@ -267,6 +273,11 @@ def summarise(out: Path) -> dict[str, Any]:
         knee = find_knee(steps)
         summary["steps"] = steps
         summary["knee"] = steps[knee] if knee is not None else None
+        summary["knee_reached"] = knee is not None and knee < len(steps) - 1
+    phases = [{key: (value if key == "phase" else number(value)) for key, value in row.items()}
+              for row in read_csv(out / f"{CSV_NAME}_phases.csv")]
+    if phases:
+        summary["phases"] = phases
     return summary
 
 
@@ -286,16 +297,27 @@ def plot(out: Path, title: str) -> Path:
         raise RuntimeError(f"no Aggregated rows in {out / f'{CSV_NAME}_stats_history.csv'}: did Locust run?")
     t0 = history_start(out)
     t = [number(row["Timestamp"]) - t0 for row in rows]
-    fig, (ax_rps, ax_lat, ax_users) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True,
+    fig, (ax_rps, ax_lat, ax_users) = plt.subplots(3, 1, figsize=(13, 8.5), sharex=True,
                                                    gridspec_kw={"height_ratios": [3, 3, 1.6]})
-    ax_rps.plot(t, [number(r["Requests/s"]) for r in rows], color="tab:blue", label="requests/s")
-    ax_rps.plot(t, [number(r["Failures/s"]) for r in rows], color="tab:red", label="failures/s")
+    # Per-second rates from the cumulative counts: Locust's own Requests/s column lags by seconds,
+    # which would smear a dip at the swap.
+    ax_rps.plot(t[1:], per_second(t, [number(r["Total Request Count"]) for r in rows]), color="tab:blue", label="requests/s")
+    ax_rps.plot(t[1:], per_second(t, [number(r["Total Failure Count"]) for r in rows]), color="tab:red", label="failures/s")
     ax_rps.set_ylabel("requests/s")
+    latencies = {}
     for key, colour in (("50%", "tab:green"), ("95%", "tab:orange"), ("99%", "tab:red")):
-        ax_lat.plot(t, [number(r[key]) for r in rows], color=colour, label=f"p{key[:-1]}")
-    ax_lat.set_ylabel("latency (ms, 10 s window)")
-    ax_lat.set_yscale("log")
-    ax_lat.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        latencies[key] = [number(r[key]) or math.nan for r in rows]  # 0 means "no requests yet": a gap
+        ax_lat.plot(t, latencies[key], color=colour, label=f"p{key[:-1]}")
+    ax_lat.set_ylabel("latency, ms (last 10 s)")
+    low, high = min(latencies["50%"], key=_nan_high), max(latencies["99%"], key=_nan_low)
+    if low > 0 and high / low > 30:  # a log axis only when p99 dwarfs p50, else the p50 line is flat on the floor
+        ax_lat.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax_lat.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_lat.yaxis.set_major_formatter(plain)
+        ax_lat.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    else:
+        ax_lat.set_ylim(bottom=0)
     ax_users.step(t, [number(r["User Count"]) for r in rows], where="post", color="tab:purple", label="users")
     ax_users.set_ylabel("users")
     ax_users.set_xlabel("seconds since start")
@@ -304,7 +326,7 @@ def plot(out: Path, title: str) -> Path:
     _mark_swaps(out, t0, (ax_rps, ax_lat, ax_users))
     for axis in (ax_rps, ax_lat, ax_users):
         axis.grid(True, alpha=0.3)
-        axis.legend(loc="upper left", fontsize=8)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)  # outside: never hides data
     ax_rps.set_ylim(bottom=0)
     ax_users.set_ylim(bottom=0)
     fig.suptitle(title)
@@ -315,15 +337,29 @@ def plot(out: Path, title: str) -> Path:
     return path
 
 
+def per_second(t: list[float], cumulative: list[float]) -> list[float]:
+    """Turn cumulative counts sampled at times t into a rate per second between samples."""
+    return [(c1 - c0) / (t1 - t0) if t1 > t0 else math.nan for t0, t1, c0, c1 in zip(t, t[1:], cumulative, cumulative[1:])]
+
+
+def _nan_high(value: float) -> float:
+    """Sort key that puts NaN above everything (for min)."""
+    return math.inf if math.isnan(value) else value
+
+
+def _nan_low(value: float) -> float:
+    """Sort key that puts NaN below everything (for max)."""
+    return -math.inf if math.isnan(value) else value
+
+
 def _mark_job(out: Path, t0: float, axes: tuple) -> None:
     """Shade the time the AdminUser's job was queued or running."""
     events = read_csv(out / f"{CSV_NAME}_jobs.csv")
     if not events:
         return
     start = number(events[0]["timestamp"]) - t0
-    ended = [number(e["timestamp"]) - t0 for e in events if e["status"] in ("succeeded", "rejected", "failed", "cancelled")]
-    end = ended[0] if ended else axes[0].get_xlim()[1]
-    final = events[-1]["status"]
+    ended = [(number(e["timestamp"]) - t0, e["status"]) for e in events if e["status"].split()[0] in TERMINAL_JOB_STATES]
+    end, final = ended[0] if ended else (axes[0].get_xlim()[1], events[-1]["status"])
     for i, axis in enumerate(axes):
         axis.axvspan(start, end, color="tab:orange", alpha=0.12, label=f"training job ({final})" if i == 0 else None)
 
@@ -336,7 +372,9 @@ def _mark_swaps(out: Path, t0: float, axes: tuple) -> None:
         overlap_end = number(before["last_seen"]) - t0
         for i, axis in enumerate(axes):
             axis.axvline(swap, color="black", linestyle="--", linewidth=1.2,
-                         label=f"model swap -> {after['version']}" if i == 0 else None)
+                         label=f"model swap to\n{after['version']}" if i == 0 else None)
+            if i == 0:
+                axis.annotate(" swap", (swap, 1.0), xycoords=("data", "axes fraction"), va="top", fontsize=9)
             if overlap_end > swap:
                 axis.axvspan(swap, overlap_end, color="grey", alpha=0.25,
                              label="old and new both served" if i == 0 else None)
@@ -348,23 +386,34 @@ def _mark_swaps(out: Path, t0: float, axes: tuple) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--host", default=os.environ.get("BACKEND_URL", "http://127.0.0.1:5000"), help="backend URL (loopback only)")
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="mixed")
-    parser.add_argument("-u", "--users", type=int, default=10)
-    parser.add_argument("-r", "--spawn-rate", type=float, default=10)
-    parser.add_argument("-t", "--run-time", type=parse_duration, default="30s", help="e.g. 30s, 2m")
-    parser.add_argument("--step-users", type=int, default=20, help="step scenario: users added per step")
-    parser.add_argument("--step-seconds", type=int, default=10, help="step scenario: seconds per step")
-    parser.add_argument("--step-count", type=int, default=6, help="step scenario: number of steps")
-    parser.add_argument("--epochs", type=int, default=1, help="retrain scenario: epochs of the retrain")
-    parser.add_argument("--max-fail-ratio", type=float, help="fail above this ratio (Locust default here: 0.01)")
-    parser.add_argument("--max-p95-ms", type=float, help="fail above this p95; 0 disables (default 1000, off for step)")
-    parser.add_argument("--model-dir", type=Path, help="MODEL_DIR of a backend this script starts")
-    parser.add_argument("--data-dir", type=Path, help="DATA_DIR of a backend this script starts")
-    parser.add_argument("--reports", type=Path, default=REPO_ROOT / "reports", help="parent of the report folder")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--host", default=os.environ.get("BACKEND_URL", "http://127.0.0.1:5000"), help="backend URL, loopback only [%(default)s]")
+    add("--scenario", choices=sorted(SCENARIOS), default="mixed", help="[%(default)s]")
+    add("-u", "--users", type=int, default=10, help="[%(default)s]")
+    add("-r", "--spawn-rate", type=float, default=10, help="users started per second [%(default)s]")
+    add("-t", "--run-time", type=parse_duration, default="30s", help="e.g. 30s, 2m [30s]")
+    add("--step-users", type=int, default=40, help="step scenario: users added per step [%(default)s]")
+    add("--step-seconds", type=int, default=10, help="step scenario: seconds per step [%(default)s]")
+    add("--step-count", type=int, default=6, help="step scenario: number of steps [%(default)s]")
+    add("--epochs", type=int, default=1, help="retrain scenarios: epochs of the job [%(default)s]")
+    add("--from", dest="start_from", choices=["active", "scratch"], default="active",
+        help="retrain scenario: fine-tune the active model or train from scratch [%(default)s]")
+    add("--force-swap", action="store_true",
+        help="retrain scenarios: activate the candidate even if the promotion gate rejects it (test stores only)")
+    add("--admin-delay", type=float, default=5, help="retrain scenarios: seconds of plain load before the job [%(default)s]")
+    add("--after-job", type=float, default=10,
+        help="retrain scenarios: end the run this many seconds after the job ends; --run-time stays the limit [%(default)s]")
+    add("--max-fail-ratio", type=float, help="exit 1 above this failure ratio [0.01]")
+    add("--max-p95-ms", type=float, help="exit 1 above this aggregated p95, 0 disables [1000; off for step]")
+    add("--model-dir", type=Path, help="MODEL_DIR of a backend this script starts [$MODEL_DIR or models/]")
+    add("--data-dir", type=Path, help="DATA_DIR of a started backend, also where the admin token is read [$DATA_DIR or data/]")
+    add("--reports", type=Path, default=REPO_ROOT / "reports", help="parent of the report folder [reports/]")
     args = parser.parse_args(argv)
-    loopback_address(args.host)
+    try:
+        loopback_address(args.host)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.host = args.host.rstrip("/")
     return args
 
@@ -404,10 +453,15 @@ def describe(summary: dict[str, Any]) -> str:
         f"p50 {summary['p50_ms']:.0f} ms, p95 {summary['p95_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms",
         f"/predict: {summary['predict_requests']} requests, {summary['predict_failures']} failed",
     ]
+    if "steps" in summary and not summary["knee_reached"]:
+        lines.append("  knee not reached: req/s still grew with users at the last step; add steps or users per step")
     for row in summary.get("steps", []):
-        mark = "  <- knee" if row is summary.get("knee") else ""
+        mark = "  <- knee" if row is summary.get("knee") and summary["knee_reached"] else ""
         lines.append(f"  step {row['step']}: {row['users']:.0f} users, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
                      f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures{mark}")
+    for row in summary.get("phases", []):
+        lines.append(f"  /predict {row['phase']}: {row['seconds']:.0f} s, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
+                     f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures of {row['requests']:.0f}")
     for event in summary["job"]:
         lines.append(f"  job at {event['t_s']:.1f} s: {event['status']} {event['detail'][:160]}")
     for version in summary["model_versions"]:

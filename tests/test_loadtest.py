@@ -13,6 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -28,7 +29,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_path):
+def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_path: Path) -> None:
     """~10 s of the default mix against a gunicorn the command starts: zero failures, every report file."""
     host = f"http://127.0.0.1:{free_port()}"
     args = loadtest.parse_args([
@@ -42,7 +43,7 @@ def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_p
     assert summary["backend_started"] is True
     assert summary["requests"] > 10 and summary["failures"] == 0
     assert summary["predict_requests"] > 0 and summary["predict_failures"] == 0
-    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv", "report.html", "summary.json"):
+    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv", "locust_final.json", "report.html", "summary.json"):
         assert (out / name).stat().st_size > 0, name
     assert "Locust" in (out / "report.html").read_text()
     versions = loadtest.read_csv(out / "locust_model_versions.csv")
@@ -62,7 +63,7 @@ class StubApi(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         """Keep the test output quiet."""
 
-    def _send(self, status: int, body, content_type: str = "application/json") -> None:
+    def _send(self, status: int, body: dict | str, content_type: str = "application/json") -> None:
         """Answer with a JSON (or text) body."""
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
@@ -119,7 +120,7 @@ class StubApi(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def stub(request):
+def stub(request: pytest.FixtureRequest) -> Iterator[str]:
     """Serve StubApi in `request.param` mode on a loopback port; yield its URL."""
     handler = type("Stub", (StubApi,), {"mode": request.param, "job_started": None, "served": 0})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -131,7 +132,7 @@ def stub(request):
 
 
 @pytest.mark.parametrize("stub", ["bad"], indirect=True)
-def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub, tmp_path):
+def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path: Path) -> None:
     """A missing digit and probabilities summing to 0.9 are failures, and the gate exits non-zero."""
     prefix = tmp_path / "bad"
     result = subprocess.run(
@@ -150,7 +151,7 @@ def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub, tmp_path):
 
 
 @pytest.mark.parametrize("stub", ["swap"], indirect=True)
-def test_retrain_scenario_records_job_and_marks_the_swap(stub, tmp_path, monkeypatch):
+def test_retrain_scenario_records_job_and_marks_the_swap(stub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """AdminUser starts a retrain and follows it; the new version's first appearance is the swap; the run ends after the job."""
     monkeypatch.setenv("ADMIN_TOKEN", "stub-token")
     args = loadtest.parse_args(["--host", stub, "--scenario", "retrain", "-u", "3", "-r", "3", "-t", "30s",
@@ -172,7 +173,7 @@ def test_retrain_scenario_records_job_and_marks_the_swap(stub, tmp_path, monkeyp
     assert (out / "loadtest.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_knee_is_the_last_step_before_throughput_stops_following_users():
+def test_knee_is_the_last_step_before_throughput_stops_following_users() -> None:
     """req/s doubling with users is below the knee; +12% for +50% users is past it."""
     steps = [{"users": 20, "requests_per_s": 19.0}, {"users": 40, "requests_per_s": 38.0},
              {"users": 60, "requests_per_s": 42.5}, {"users": 80, "requests_per_s": 43.0}]
@@ -181,7 +182,7 @@ def test_knee_is_the_last_step_before_throughput_stops_following_users():
     assert loadtest.find_knee([]) is None
 
 
-def test_only_loopback_hosts_are_accepted():
+def test_only_loopback_hosts_are_accepted() -> None:
     """The command starts and loads backends, so it refuses anything but loopback."""
     assert loadtest.loopback_address("http://localhost:5000") == ("127.0.0.1", 5000)
     assert loadtest.loopback_address("http://127.0.0.1:8080/") == ("127.0.0.1", 8080)
