@@ -26,7 +26,8 @@ def figure_count(notebook: nbformat.NotebookNode) -> int:
     return sum("image/png" in output.get("data", {}) for output in code_outputs(notebook))
 
 
-def test_fast_run_executes_and_draws_figures(tmp_path):
+def test_fast_run_executes_and_draws_figures(tmp_path: Path) -> None:
+    """NOTEBOOK_FAST=1 runs the notebook top to bottom headless, without errors, drawing at least 5 figures."""
     executed = tmp_path / "mnist-fast.ipynb"
     jupyter = Path(sys.executable).parent / "jupyter"  # the venv's jupyter, next to the interpreter running pytest
     result = subprocess.run(
@@ -46,7 +47,8 @@ def test_fast_run_executes_and_draws_figures(tmp_path):
     assert "| model | trained on | test set | test accuracy |" in printed  # the comparison table was built
 
 
-def test_committed_notebook_shows_a_full_run():
+def test_committed_notebook_shows_a_full_run() -> None:
+    """The committed notebook holds the outputs of a full run, with the shipped model in its comparison table."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     printed = "".join(o.get("text", "") for o in code_outputs(notebook) if o.get("output_type") == "stream")
     assert "mode: full" in printed, (
