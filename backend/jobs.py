@@ -251,7 +251,8 @@ def run(data_dir: str, job_id: str) -> int:
         return 1
     except Exception as exc:  # any failure ends the job, never the server
         store.append_log(job_id, f"failed: {type(exc).__name__}: {exc}")
-        (store.log_dir / f"{job_id}.log").open("a").write(traceback.format_exc())
+        with open(store.log_dir / f"{job_id}.log", "a") as handle:
+            handle.write(traceback.format_exc())
         store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
         return 1
     store.finish(job_id, "succeeded" if result["promoted"] else "rejected", result=result, progress=1.0)
