@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
 import timeit
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -72,6 +76,24 @@ def throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[flo
     return ok / elapsed, ok, failed
 
 
+def wrk_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[float, int, int]:
+    """Measure with wrk (Debian package `wrk`), whose C client leaves the two cores to the server."""
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    escaped = "".join(f"\\{byte:03d}" for byte in body)  # Lua decimal escapes keep the body byte-exact
+    script.write_text(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
+                      f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n')
+    target = f"{url}/predict"
+    subprocess.run(["wrk", "-t1", f"-c{clients}", "-d3s", "-s", str(script), target], capture_output=True, check=True)
+    output = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(script), target],
+                            capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    total = int(re.search(r"(\d+) requests in", output).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return rate, total - failed, failed
+
+
 def latency_ms(url: str, body: bytes, requests: int) -> list[float]:
     """Time sequential requests from one client; return milliseconds each."""
     host = urlparse(url)
@@ -102,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--latency-requests", type=int, default=1000)
     parser.add_argument("--image", choices=["mnist", "canvas"], default="mnist")
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python",
+                        help="load generator: wrk (apt-get install wrk; default when present) or Python threads")
     args = parser.parse_args(argv)
+    load = wrk_throughput if args.client == "wrk" else throughput
 
     digit = load_mnist().x_test[0]
     rng = np.random.default_rng(0)
@@ -111,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     env = {"MODEL_DIR": args.model_dir, "DATA_DIR": tempfile.mkdtemp(prefix="bench-data-")}
 
     with gunicorn("benchmarks.bare_app:app", env) as (url, _):
-        ceiling, ceiling_ok, ceiling_failed = throughput(url, body, args.clients, args.seconds)
+        ceiling, ceiling_ok, ceiling_failed = load(url, body, args.clients, args.seconds)
     with gunicorn("backend.wsgi:app", env) as (url, master):
-        rate, ok, failed = throughput(url, body, args.clients, args.seconds)
+        rate, ok, failed = load(url, body, args.clients, args.seconds)
         times = latency_ms(url, body, args.latency_requests)
         rss = [peak_rss_mb(pid) for pid in worker_pids(master.pid)]
 
-    print(f"image: {args.image} ({len(image)} bytes); {args.clients} clients x {args.seconds:.0f} s; "
+    print(f"image: {args.image} ({len(image)} bytes); {args.clients} {args.client} connections x {args.seconds:.0f} s; "
           f"gunicorn config backend/gunicorn.conf.py")
     print(f"bare Flask ceiling (decode only): {ceiling:8.1f} req/s  ({ceiling_ok} ok, {ceiling_failed} failed)")
     print(f"/predict                         : {rate:8.1f} req/s  ({ok} ok, {failed} failed)")
