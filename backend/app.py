@@ -8,7 +8,7 @@ from typing import Any
 
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
-from flask import current_app, request, send_from_directory
+from flask import Response, current_app, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -130,5 +130,6 @@ def _serve_swagger_assets(app: APIFlask) -> None:
 
     @app.get("/docs/assets/<path:filename>")
     @app.doc(hide=True)
-    def swagger_asset(filename: str):
+    def swagger_asset(filename: str) -> Response:
+        """Serve one Swagger UI file."""
         return send_from_directory(swagger_ui_path, filename)

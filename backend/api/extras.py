@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 from apiflask import APIBlueprint, abort
-from flask import current_app, request, send_file
+from flask import Response, current_app, request, send_file
 
 from backend.api.auth import auth
 from backend.api.predict import ERRORS, _image_from_request, _served_model, _stem
@@ -112,7 +112,7 @@ def list_feedback() -> dict:
 @bp.doc(summary="Download feedback as a ZIP of folders 0-9 (the /upload_and_retrain layout)",
         responses={200: {"description": "ZIP archive", "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
                    **error_responses({401: "Missing or wrong admin token"})})
-def export_feedback():
+def export_feedback() -> Response:
     """Return all feedback images as a ZIP in the 0/…9/ layout."""
     return send_file(io.BytesIO(services().feedback.export_zip()), mimetype="application/zip",
                      as_attachment=True, download_name="feedback.zip")

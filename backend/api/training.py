@@ -23,7 +23,7 @@ def _jobs() -> JobStore:
     return services().jobs
 
 
-def _conflict(exc: JobConflictError):
+def _conflict(exc: JobConflictError) -> tuple[dict, int]:
     """Answer 409 naming the job that is still running."""
     return {"error": str(exc), "job_id": exc.job_id}, 409
 
@@ -50,7 +50,7 @@ def _start(kind: str, params: dict, epochs: int) -> dict:
 @bp.output(JobAccepted, status_code=202, description="The job was queued")
 @bp.doc(summary="Retrain on MNIST (optionally with uploads and feedback)",
         responses=error_responses({400: "Bad options", 401: "Missing or wrong admin token", 409: "A job is already running"}))
-def retrain(options: dict):
+def retrain(options: dict) -> tuple[dict, int]:
     """Start a retraining job on MNIST, from scratch or from the active model."""
     start_from = options["from_"]
     params = {"from": start_from, "include_uploads": options["include_uploads"],
@@ -69,7 +69,7 @@ def retrain(options: dict):
 @bp.doc(summary="Upload a ZIP of folders 0-9 and fine-tune the active model on it",
         responses=error_responses({400: "Not a usable ZIP", 401: "Missing or wrong admin token",
                                    409: "A job is already running", 413: "ZIP too large", 422: "No usable images"}))
-def upload_and_retrain(files_data: dict):
+def upload_and_retrain(files_data: dict) -> tuple[dict, int]:
     """Validate and store a ZIP dataset, then start a fine-tuning job on it."""
     upload = request.files.get("file") or request.files.get("zipfile")
     if upload is None:
