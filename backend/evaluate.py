@@ -49,6 +49,11 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
     }
 
 
+def accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
+    """Return the share of images a LiteModel classifies right (NaN for no images)."""
+    return float((model.predict(images).argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
+
+
 def evaluate_version(store: ModelStore, version: str, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Score a stored version's LiteRT export (exactly what is served) on stemmed images."""
     from backend.inference import LiteModel

@@ -15,6 +15,7 @@ import numpy as np
 
 from backend.config import Settings
 from backend.data import class_counts, list_datasets, load_mnist, load_uploaded, stemmed
+from backend.evaluate import accuracy
 from backend.inference import LiteModel
 from backend.jobs import JobStore
 from backend.store import ModelStore
@@ -30,11 +31,6 @@ EXTRA_OVERSAMPLE = 3  # uploaded and feedback images count this many times per e
 def default_epochs(kind: str, start_from: str) -> int:
     """Return the epochs a job runs when the request does not say."""
     return DEFAULT_EPOCHS["upload" if kind == "upload_and_retrain" else start_from]
-
-
-def _accuracy(model: LiteModel, x: np.ndarray, y: np.ndarray) -> float:
-    """Return a model's accuracy on stemmed images."""
-    return float((model.predict(x).argmax(axis=1) == y).mean()) if len(y) else float("nan")
 
 
 def _extra_sources(settings: Settings, dataset_ids: list[str], include_feedback: bool) -> list[tuple[str, Any]]:
@@ -146,8 +142,8 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
     active_scores = None
     if active_version is not None:
         active_model = LiteModel(store.tflite_path(active_version), active_version)
-        active_scores = {"mnist_test": _accuracy(active_model, data.x_test, data.y_test),
-                         **{name: _accuracy(active_model, x, y) for name, (x, y) in data.holdout.items()}}
+        active_scores = {"mnist_test": accuracy(active_model, data.x_test, data.y_test),
+                         **{name: accuracy(active_model, x, y) for name, (x, y) in data.holdout.items()}}
     promoted, reason = gate(active_scores, candidate_scores, settings.gate_max_mnist_drop)
     say(f"candidate {candidate}: {reason}")
     if promoted:

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from backend.data import DatasetUnavailableError, class_counts, load_mnist, stemmed
-from backend.evaluate import classification_metrics
+from backend.evaluate import accuracy, classification_metrics
 from backend.inference import LiteModel
 from backend.store import KERAS_FILE, TFLITE_FILE, ModelStore, VersionNotFoundError
 
@@ -181,7 +181,7 @@ def train_and_publish(
         return {
             "test_metrics": classification_metrics(data.y_test, lite.predict(data.x_test)),
             "holdout_metrics": {
-                name: {"accuracy": float((lite.predict(x).argmax(axis=1) == y).mean()), "examples": int(len(y))}
+                name: {"accuracy": accuracy(lite, x, y), "examples": int(len(y))}
                 for name, (x, y) in data.holdout.items()
             },
         }
