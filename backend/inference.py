@@ -26,6 +26,8 @@ class LiteModel:
         self._lock = threading.Lock()
         self._single = self._interpreter()  # kept at batch size 1: the hot path never reallocates
         self._batch: Interpreter | None = None
+        self._input = self._single.get_input_details()[0]["index"]
+        self._output = self._single.get_output_details()[0]["index"]
 
     def _interpreter(self) -> Interpreter:
         """Build an interpreter for this model, allocated for one image."""
@@ -41,19 +43,16 @@ class LiteModel:
                 return self._run(self._single, batch)
             if self._batch is None:
                 self._batch = self._interpreter()
-            interpreter = self._batch
-            input_index = interpreter.get_input_details()[0]["index"]
-            if interpreter.get_input_details()[0]["shape"][0] != len(batch):
-                interpreter.resize_tensor_input(input_index, list(batch.shape))
-                interpreter.allocate_tensors()
-            return self._run(interpreter, batch)
+            if self._batch.get_input_details()[0]["shape"][0] != len(batch):
+                self._batch.resize_tensor_input(self._input, list(batch.shape))
+                self._batch.allocate_tensors()
+            return self._run(self._batch, batch)
 
-    @staticmethod
-    def _run(interpreter: Interpreter, batch: np.ndarray) -> np.ndarray:
-        """Invoke the interpreter on a batch and copy the output out."""
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+    def _run(self, interpreter: Interpreter, batch: np.ndarray) -> np.ndarray:
+        """Invoke the interpreter on a batch and return its output."""
+        interpreter.set_tensor(self._input, batch)
         interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+        return interpreter.get_tensor(self._output)  # a copy, safe to keep after the lock
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from backend.preprocessing import InvalidImageError, digit_from_ink, ink_map, remove_specks
 
@@ -18,7 +18,6 @@ MERGE_OVERLAP = 0.5  # share of the narrower group's width two groups must share
 FRAGMENT_HEIGHT = 0.6  # a group shorter than this share of the median digit height is a broken-off stroke
 SPLIT_ASPECT = 1.3  # wider than this many heights: several touching digits
 DIGIT_ASPECT = 0.75  # a typical digit's width per height, to guess how many digits touch
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 @dataclass
@@ -29,9 +28,16 @@ class Segment:
     box: tuple[int, int, int, int]  # x, y, width, height
 
 
-def _groups(labels: np.ndarray) -> list[list[int]]:
+def _blobs(ink: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+    """Label the 8-connected blobs of ink; return the labels and each blob's (rows, cols) box, blob 1 first."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0).view(np.uint8), connectivity=8)
+    boxes = [(slice(int(y), int(y + h)), slice(int(x), int(x + w)))
+             for x, y, w, h in stats[1:, [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]]]
+    return labels, boxes
+
+
+def _groups(slices: list[tuple[slice, slice]]) -> list[list[int]]:
     """Group blob labels into digits: overlapping columns first, then stray fragments to their nearest digit."""
-    slices = ndimage.find_objects(labels)
     groups = _merge_overlapping(slices)
     boxes = [_group_box(slices, group) for group in groups]
     while len(groups) > 1:
@@ -102,9 +108,8 @@ def _split_columns(ink: np.ndarray, digit_height: float) -> list[tuple[int, int]
 def segment_digits(gray: np.ndarray) -> list[Segment]:
     """Find the digits in a grey image (any polarity), left to right."""
     ink = remove_specks(ink_map(gray))
-    labels, _ = ndimage.label(ink > 0, structure=_EIGHT_CONNECTED)
-    groups = _groups(labels)
-    slices = ndimage.find_objects(labels)
+    labels, slices = _blobs(ink)
+    groups = _groups(slices)
     digit_height = float(np.median([bottom - top for top, bottom, _, _ in (_group_box(slices, g) for g in groups)]))
     segments = []
     for group in groups:
