@@ -14,7 +14,7 @@ import warnings
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MNIST_SIDE = 28
 DIGIT_BOX = 20
