@@ -3,7 +3,8 @@
 Workers: one process per core (2 here). A prediction is ~1-2 ms of CPU in the stem and the LiteRT
 interpreter, so more processes than cores only add memory and context switches. Each worker runs
 a few threads (gthread) so a slow upload or an idle keep-alive connection does not hold a core;
-the GIL is released in Pillow, NumPy and LiteRT, where the time goes. Training never runs here:
+1 or 2 threads, gevent and sync workers were measured and none served /predict faster (README,
+"Measured figures"). Training never runs here:
 it is a separate process (issue 4), so the timeout only guards against a stuck request.
 Override anything with GUNICORN_CMD_ARGS or the command line, e.g. --bind 0.0.0.0:8000.
 """
