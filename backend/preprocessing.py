@@ -163,7 +163,8 @@ def _grey_levels(gray: np.ndarray) -> np.ndarray:
         raise InvalidImageError("The image has no pixels.", 422)
     if gray.dtype == np.uint8:
         return gray
-    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    finite = np.nan_to_num(gray, nan=0.0, posinf=255.0, neginf=0.0)  # float TIFFs may hold NaN or inf
+    return np.clip(np.rint(finite), 0, 255).astype(np.uint8)
 
 
 def _saturation(strength: np.ndarray, pixels: np.ndarray) -> float:

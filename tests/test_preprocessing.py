@@ -152,3 +152,9 @@ def test_pixel_limit_refuses_before_decoding():
     with pytest.raises(InvalidImageError) as info:
         decode_image(huge, max_pixels=1_000_000)
     assert info.value.status == 413
+
+
+def test_float_image_with_nan_and_inf_is_read_as_dark(digit):
+    values = digit.astype(np.float32)
+    values[0, 0], values[0, 1], values[27, 27] = np.nan, -np.inf, np.nan
+    assert correlation(preprocess_gray(values), preprocess_gray(digit)) > 0.99
