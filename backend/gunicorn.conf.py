@@ -4,7 +4,8 @@ Workers: one process per core (2 here). A prediction is ~1-2 ms of CPU in the st
 interpreter, so more processes than cores only add memory and context switches. Each worker runs
 a few threads (gthread) so a slow upload or an idle keep-alive connection does not hold a core;
 1 or 2 threads, gevent and sync workers were measured and none served /predict faster (README,
-"Measured figures"). Training never runs here:
+"Measured figures"). The worker class is gthread that accepts only with a thread free
+(backend/gunicorn_worker.py), so kept-alive clients spread over both workers. Training never runs here:
 it is a separate process (issue 4), so the timeout only guards against a stuck request.
 Override anything with GUNICORN_CMD_ARGS or the command line, e.g. --bind 0.0.0.0:8000.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 bind = os.environ.get("BIND", "127.0.0.1:5000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-worker_class = "gthread"
+worker_class = "backend.gunicorn_worker.IdleThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", 4))
 timeout = 30
 graceful_timeout = 10

@@ -53,6 +53,12 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) a process has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15 of proc(5)
+
+
 @contextlib.contextmanager
 def gunicorn(app: str = "backend.wsgi:app", env: dict[str, str] | None = None, workers: int | None = None,
              log_path: Path | None = None, extra_args: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:

@@ -2,28 +2,34 @@
 
     MNIST_PATH=../shared/data/mnist_subset.npz .venv/bin/python -m benchmarks.serving_speed
 
-Both servers run with backend/gunicorn.conf.py (same workers and threads). The load is N client
-threads on keep-alive connections posting the same image for a fixed time; the bare app only
-decodes that image and returns JSON, so its rate is what Flask + gunicorn + decoding allow.
-Each round starts both servers afresh, one after the other, because which worker the kept-alive
-connections land on varies between server starts (and moves the rate of either app by up to 3x);
-the ratio reported is the median over rounds.
+Both servers run with backend/gunicorn.conf.py (same workers and threads). The load is N clients
+on keep-alive connections posting the same image for a fixed time, from wrk (a C client that
+leaves the cores to the server) or Locust (`--client locust`, which takes a share of them); the
+bare app only decodes that image and returns JSON, so its rate is what Flask + gunicorn + decoding
+allow. Each round starts both servers afresh, one after the other, and the ratio reported is the
+median over rounds, because neighbours on a shared VM move single runs. The workers' CPU time per
+request and its split between workers are printed too: a lopsided split means the kept-alive
+connections piled onto one worker (what backend/gunicorn_worker.py prevents).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import http.client
+import os
 import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 import timeit
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import numpy as np
@@ -32,9 +38,12 @@ from backend.data import load_mnist
 from backend.inference import ActiveModel
 from backend.store import ModelStore
 from backend.styles import canvas_dark, mnist_png
-from benchmarks.servers import gunicorn, peak_rss_mb, worker_pids
+from benchmarks.servers import cpu_seconds, gunicorn, peak_rss_mb, worker_pids
 
 BOUNDARY = uuid.uuid4().hex
+LOCUST_USER = Path(__file__).with_name("locust_same_image.py")
+WARM_UP_SECONDS = 3
+Load = Callable[[str, bytes, int, float], tuple[float, int, int]]  # (url, body, clients, seconds) -> (req/s, ok, failed)
 
 
 def multipart(image: bytes) -> bytes:
@@ -51,32 +60,18 @@ def post(connection: http.client.HTTPConnection, body: bytes) -> int:
     return response.status
 
 
-def throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[float, int, int]:
-    """Run `clients` threads posting for `seconds`; return (requests/s, ok, failed)."""
-    host = urlparse(url)
-    counts = [[0, 0] for _ in range(clients)]
-    stop_at = time.perf_counter() + seconds
-
-    def client(slot: list[int]) -> None:
-        connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-        while time.perf_counter() < stop_at:
-            try:
-                slot[0 if post(connection, body) == 200 else 1] += 1
-            except (OSError, http.client.HTTPException):
-                slot[1] += 1
-                connection.close()
-                connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-        connection.close()
-
-    threads = [threading.Thread(target=client, args=(slot,)) for slot in counts]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    ok, failed = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    return ok / elapsed, ok, failed
+def locust_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[float, int, int]:
+    """Measure with Locust (FastHttpUser, no wait between requests), whose workers share the two cores."""
+    folder = Path(tempfile.mkdtemp(prefix="speed-locust-"))
+    (folder / "body").write_bytes(body)
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUST_USER), "--headless", "--only-summary", "-H", url,
+               "-u", str(clients), "-r", str(clients), "-t", f"{int(seconds)}s", "--csv", str(folder / "run")]
+    env = {**os.environ, "SPEED_BODY": str(folder / "body"), "SPEED_CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}"}
+    subprocess.run(command, env=env, capture_output=True)  # exits non-zero when a request failed; the CSV says how many
+    with (folder / "run_stats.csv").open() as stats:
+        total = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
+    requests, failed = int(total["Request Count"]), int(total["Failure Count"])
+    return float(total["Requests/s"]), requests - failed, failed
 
 
 def wrk_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[float, int, int]:
@@ -85,9 +80,7 @@ def wrk_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple
     escaped = "".join(f"\\{byte:03d}" for byte in body)  # Lua decimal escapes keep the body byte-exact
     script.write_text(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
                       f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n')
-    target = f"{url}/predict"
-    subprocess.run(["wrk", "-t1", f"-c{clients}", "-d3s", "-s", str(script), target], capture_output=True, check=True)
-    output = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(script), target],
+    output = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(script), f"{url}/predict"],
                             capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     total = int(re.search(r"(\d+) requests in", output).group(1))
@@ -95,6 +88,31 @@ def wrk_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
     return rate, total - failed, failed
+
+
+@dataclass
+class LoadRun:
+    """One app's measured load run: rate, outcomes, and the CPU each worker spent on it."""
+
+    rate: float
+    ok: int
+    failed: int
+    worker_cpu: list[float]
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Return the workers' CPU time per answered request, in ms."""
+        return sum(self.worker_cpu) / max(1, self.ok + self.failed) * 1000
+
+
+def measure(app: str, env: dict[str, str], load: Load, body: bytes, clients: int, seconds: float) -> LoadRun:
+    """Start a fresh server for `app`, warm it up, then measure one load run and its workers' CPU."""
+    with gunicorn(app, env) as (url, master):
+        load(url, body, clients, WARM_UP_SECONDS)
+        workers = worker_pids(master.pid)
+        before = [cpu_seconds(pid) for pid in workers]
+        rate, ok, failed = load(url, body, clients, seconds)
+        return LoadRun(rate, ok, failed, [cpu_seconds(pid) - spent for pid, spent in zip(workers, before)])
 
 
 def latency_ms(url: str, body: bytes, requests: int) -> list[float]:
@@ -119,6 +137,12 @@ def reload_check_microseconds(model_dir: str) -> float:
     return min(timeit.repeat(active.current, number=10_000, repeat=5)) / 10_000 * 1e6
 
 
+def _split(run: LoadRun) -> str:
+    """Show how a run's worker CPU was shared between the workers, e.g. "52/48%"."""
+    total = sum(run.worker_cpu) or 1.0
+    return "/".join(f"{cpu / total * 100:.0f}" for cpu in run.worker_cpu) + "%"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure and print throughput ratio, latency and per-worker peak memory."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -128,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="fresh bare + /predict server pairs to measure")
     parser.add_argument("--latency-requests", type=int, default=1000)
     parser.add_argument("--image", choices=["mnist", "canvas"], default="mnist")
-    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python",
-                        help="load generator: wrk (apt-get install wrk; default when present) or Python threads")
+    parser.add_argument("--client", choices=["wrk", "locust"], default="wrk" if shutil.which("wrk") else "locust",
+                        help="load generator: wrk (apt-get install wrk; the default when present) or Locust")
     args = parser.parse_args(argv)
-    load = wrk_throughput if args.client == "wrk" else throughput
+    load = wrk_throughput if args.client == "wrk" else locust_throughput
 
     digit = load_mnist().x_test[0]
     rng = np.random.default_rng(0)
@@ -139,23 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     body = multipart(image)
     env = {"MODEL_DIR": args.model_dir, "DATA_DIR": tempfile.mkdtemp(prefix="bench-data-")}
 
-    rounds = []
-    for _ in range(args.rounds):
-        with gunicorn("benchmarks.bare_app:app", env) as (url, _):
-            ceiling = load(url, body, args.clients, args.seconds)
-        with gunicorn("backend.wsgi:app", env) as (url, _):
-            rounds.append((ceiling, load(url, body, args.clients, args.seconds)))
+    rounds = [tuple(measure(app, env, load, body, args.clients, args.seconds) for app in ("benchmarks.bare_app:app", "backend.wsgi:app"))
+              for _ in range(args.rounds)]
     with gunicorn("backend.wsgi:app", env) as (url, master):
         times = latency_ms(url, body, args.latency_requests)
         rss = [peak_rss_mb(pid) for pid in worker_pids(master.pid)]
 
     print(f"image: {args.image} ({len(image)} bytes); {args.clients} {args.client} connections x {args.seconds:.0f} s; "
           f"gunicorn config backend/gunicorn.conf.py")
-    for number, ((ceiling, ceiling_ok, ceiling_failed), (rate, ok, failed)) in enumerate(rounds, start=1):
-        print(f"round {number}: bare Flask ceiling (decode only) {ceiling:7.1f} req/s ({ceiling_ok} ok, {ceiling_failed} failed); "
-              f"/predict {rate:7.1f} req/s ({ok} ok, {failed} failed); ratio {rate / ceiling:.2f}")
-    ratios = [rate / ceiling for (ceiling, _, _), (rate, _, _) in rounds]
+    for number, (ceiling, predict) in enumerate(rounds, start=1):
+        print(f"round {number}: bare ceiling {ceiling.rate:7.1f} req/s ({ceiling.ok} ok, {ceiling.failed} failed), "
+              f"{ceiling.cpu_ms_per_request:.2f} ms worker CPU/request, split {_split(ceiling)}; "
+              f"/predict {predict.rate:7.1f} req/s ({predict.ok} ok, {predict.failed} failed), "
+              f"{predict.cpu_ms_per_request:.2f} ms, split {_split(predict)}; ratio {predict.rate / ceiling.rate:.2f}")
+    ratios = [predict.rate / ceiling.rate for ceiling, predict in rounds]
+    cpu_ratios = [ceiling.cpu_ms_per_request / predict.cpu_ms_per_request for ceiling, predict in rounds]
     print(f"ratio to ceiling, median of {len(rounds)}     : {statistics.median(ratios):8.2f}   (bar: >= 0.75)")
+    print(f"worker CPU per request, bare / /predict: {statistics.median(cpu_ratios):8.2f}   (median; the ratio if both kept the cores busy)")
     print(f"single-client latency            : median {statistics.median(times):.2f} ms, "
           f"p95 {np.percentile(times, 95):.2f} ms, p99 {np.percentile(times, 99):.2f} ms   (bar: median <= 5 ms)")
     print(f"peak RSS per worker              : {', '.join(f'{r:.0f} MB' for r in rss)}   (bar: <= 150 MB)")

@@ -7,8 +7,8 @@ import io
 import numpy as np
 
 from backend.styles import mnist_png, photo, render_set
-from benchmarks import hot_reload
-from benchmarks.servers import gunicorn
+from benchmarks import hot_reload, request_cost
+from benchmarks.servers import REPO_ROOT, gunicorn
 
 
 def test_activations_under_load_lose_no_request(trained_store, mnist):
@@ -38,3 +38,9 @@ def test_real_world_styles_through_predict(shipped_client, mnist):
     accuracy = {style: right[style] / total[style] for style in total}
     assert min(accuracy.values()) >= 0.9, accuracy  # benchmarks/realworld_accuracy.py measures the bars at scale
     assert sum(right.values()) / sum(total.values()) >= 0.95, accuracy
+
+
+def test_request_cost_breakdown_runs(capsys):
+    assert request_cost.main(["--model-dir", str(REPO_ROOT / "models"), "--rounds", "1", "--requests", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "the model call" in printed and "/predict, both stand-ins" in printed
