@@ -2,11 +2,13 @@
 
 Workers: one process per core (2 here). A prediction is ~1-2 ms of CPU in the stem and the LiteRT
 interpreter, so more processes than cores only add memory and context switches. Each worker runs
-a few threads (gthread) so a slow upload or an idle keep-alive connection does not hold a core;
-1 or 2 threads, gevent and sync workers were measured and none served /predict faster (README,
-"Measured figures"). The worker class is gthread that accepts only with a thread free
-(backend/gunicorn_worker.py), so kept-alive clients spread over both workers. Training never runs here:
-it is a separate process (issue 4), so the timeout only guards against a stuck request.
+a few threads (gthread) so a slow upload or an idle keep-alive connection does not hold a core,
+and a single image is answered while a long batch or ZIP upload runs on the same worker. gevent
+serves plain /predict ~7% faster but makes that single image wait ~10x longer behind a batch
+(benchmarks/worker_class.py; README, "Workers"). The worker class is gthread that accepts only
+with a thread free (backend/gunicorn_worker.py), so kept-alive clients spread over both workers.
+Training never runs here: it is a separate process (issue 4), so the timeout only guards against
+a stuck request.
 Override anything with GUNICORN_CMD_ARGS or the command line, e.g. --bind 0.0.0.0:8000.
 """
 

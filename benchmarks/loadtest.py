@@ -20,26 +20,27 @@ The exit code is Locust's: non-zero when the failure ratio or p95 broke its boun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ipaddress
 import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarks import servers
+
+REPO_ROOT = servers.REPO_ROOT
 LOCUSTFILE = REPO_ROOT / "locustfile.py"
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_subset.npz"  # the Makefile's MNIST_PATH default
 CSV_NAME = "locust"  # Locust's --csv prefix inside the report folder
@@ -50,29 +51,8 @@ SCENARIOS: dict[str, list[str]] = {
     "retrain": ["PredictUser", "DashboardUser", "AdminUser"],
     "upload": ["PredictUser", "DashboardUser", "AdminUser"],
 }
-BACKEND_START_SECONDS = 60
 TERMINAL_JOB_STATES = ("succeeded", "rejected", "failed", "cancelled")
 KNEE_EFFICIENCY = 0.5  # past the knee, req/s grows by less than half as much as the user count
-
-
-@dataclass
-class Backend:
-    """A gunicorn backend this script started (and must stop)."""
-
-    process: subprocess.Popen
-    log: IO[str]
-    env: dict[str, str] = field(default_factory=dict)
-
-    def stop(self) -> None:
-        """Stop gunicorn gracefully, then hard if it does not exit in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.log.close()
 
 
 def parse_duration(text: str) -> int:
@@ -123,33 +103,26 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def start_backend(host: str, model_dir: Path | None, data_dir: Path | None, log_path: Path) -> Backend:
-    """Start gunicorn on the host's port and wait until /health answers 200."""
+@contextlib.contextmanager
+def started_backend(host: str, model_dir: Path | None, data_dir: Path | None, log_path: Path) -> Iterator[dict[str, str]]:
+    """Run gunicorn on the host's port until the block ends; yield the MODEL_DIR and DATA_DIR it was given."""
     ip, port = loopback_address(host)
     env = base_env()
     if model_dir:
         env["MODEL_DIR"] = str(model_dir)
     if data_dir:
         env["DATA_DIR"] = str(data_dir)
-    command = [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "backend" / "gunicorn.conf.py"),
-               "--bind", f"{ip}:{port}", "backend.wsgi:app"]
-    log_handle = log_path.open("w")
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_handle, stderr=subprocess.STDOUT)
-    backend = Backend(process, log_handle, {k: env[k] for k in ("MODEL_DIR", "DATA_DIR") if k in env})
-    deadline = time.time() + BACKEND_START_SECONDS
-    while time.time() < deadline:
-        if process.poll() is not None:
-            backend.stop()
-            raise RuntimeError(f"gunicorn exited with code {process.returncode} (port {port} taken?); see {log_path}")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(servers.gunicorn("backend.wsgi:app", env, log_path=log_path, host=ip, port=port))
+        except RuntimeError as exc:
+            raise RuntimeError(f"gunicorn did not start on port {port} ({exc}); see {log_path}") from exc
         answer = health(host)
-        if answer and answer[0] == 200:
-            return backend
         if answer and answer[1].get("status") == "no-model":
-            backend.stop()
             raise RuntimeError("the backend has no active model: train one (`make train`) or pass --model-dir")
-        time.sleep(0.5)
-    backend.stop()
-    raise RuntimeError(f"gunicorn did not answer /health within {BACKEND_START_SECONDS} s; see {log_path}")
+        if not answer or answer[0] != 200:
+            raise RuntimeError(f"the backend answered /health with {answer}; see {log_path}")
+        yield {key: env[key] for key in ("MODEL_DIR", "DATA_DIR") if key in env}
 
 
 def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -423,19 +396,17 @@ def run(args: argparse.Namespace) -> tuple[int, Path, dict[str, Any]]:
     out = args.reports / f"loadtest-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=False)
     load = os.getloadavg()
-    backend = None
-    if health(args.host) is None:
-        print(f"nothing answers at {args.host}: starting gunicorn (log: {out / 'backend.log'})", flush=True)
-        backend = start_backend(args.host, args.model_dir, args.data_dir, out / "backend.log")
-    backend_env = backend.env if backend else {k: str(v) for k, v in (("DATA_DIR", args.data_dir),) if v}
-    try:
+    with contextlib.ExitStack() as stack:
+        backend_started = health(args.host) is None
+        if backend_started:
+            print(f"nothing answers at {args.host}: starting gunicorn (log: {out / 'backend.log'})", flush=True)
+            backend_env = stack.enter_context(started_backend(args.host, args.model_dir, args.data_dir, out / "backend.log"))
+        else:
+            backend_env = {key: str(value) for key, value in (("DATA_DIR", args.data_dir),) if value}
         started = time.time()
         code = run_locust(locust_command(args, out), locust_env(args, backend_env), out, run_seconds(args) + 120)
-    finally:
-        if backend:
-            backend.stop()
     summary = summarise(out)
-    summary.update(scenario=args.scenario, host=args.host, exit_code=code, backend_started=backend is not None,
+    summary.update(scenario=args.scenario, host=args.host, exit_code=code, backend_started=backend_started,
                    load_average_before=[round(x, 2) for x in load],
                    users=None if args.scenario == "step" else args.users, run_seconds=run_seconds(args))
     title = f"Digit Lab load test: {args.scenario}, " + (

@@ -59,18 +59,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15 of proc(5)
 
 
+def context_switches(pid: int) -> int:
+    """Return how many times a process's threads have been switched off a core so far (voluntarily or not)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
+
+
 @contextlib.contextmanager
 def gunicorn(app: str = "backend.wsgi:app", env: dict[str, str] | None = None, workers: int | None = None,
-             log_path: Path | None = None, extra_args: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run `gunicorn -c backend/gunicorn.conf.py <app>` on a free loopback port; yield (base URL, process)."""
-    port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), "--bind", f"127.0.0.1:{port}"]
+             log_path: Path | None = None, extra_args: list[str] | None = None, host: str = "127.0.0.1",
+             port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `gunicorn -c backend/gunicorn.conf.py <app>` on a loopback port (a free one by default); yield (base URL, process)."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), "--bind", f"{host}:{port}"]
     if workers:
         command += ["--workers", str(workers)]
     command += [*(extra_args or []), app]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         wait_until_up(f"{url}/health", process=process)
         yield url, process

@@ -7,9 +7,10 @@ on keep-alive connections posting the same image for a fixed time, from wrk (a C
 leaves the cores to the server) or Locust (`--client locust`, which takes a share of them); the
 bare app only decodes that image and returns JSON, so its rate is what Flask + gunicorn + decoding
 allow. Each round starts both servers afresh, one after the other, and the ratio reported is the
-median over rounds, because neighbours on a shared VM move single runs. The workers' CPU time per
-request and its split between workers are printed too: a lopsided split means the kept-alive
-connections piled onto one worker (what backend/gunicorn_worker.py prevents).
+median over rounds, because neighbours on a shared VM move single runs. The workers' CPU time and
+context switches per request, and the CPU's split between workers, are printed too: a lopsided
+split means the kept-alive connections piled onto one worker (what backend/gunicorn_worker.py
+prevents).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from backend.data import load_mnist
 from backend.inference import ActiveModel
 from backend.store import ModelStore
 from backend.styles import canvas_dark, mnist_png
-from benchmarks.servers import cpu_seconds, gunicorn, peak_rss_mb, worker_pids
+from benchmarks.servers import context_switches, cpu_seconds, gunicorn, peak_rss_mb, worker_pids
 
 BOUNDARY = uuid.uuid4().hex
 LOCUST_USER = Path(__file__).with_name("locust_same_image.py")
@@ -92,17 +93,23 @@ def wrk_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple
 
 @dataclass
 class LoadRun:
-    """One app's measured load run: rate, outcomes, and the CPU each worker spent on it."""
+    """One app's measured load run: rate, outcomes, the CPU each worker spent on it and the workers' context switches."""
 
     rate: float
     ok: int
     failed: int
     worker_cpu: list[float]
+    switches: int
 
     @property
     def cpu_ms_per_request(self) -> float:
         """Return the workers' CPU time per answered request, in ms."""
         return sum(self.worker_cpu) / max(1, self.ok + self.failed) * 1000
+
+    @property
+    def switches_per_request(self) -> float:
+        """Return the workers' context switches per answered request."""
+        return self.switches / max(1, self.ok + self.failed)
 
 
 def measure(app: str, env: dict[str, str], load: Load, body: bytes, clients: int, seconds: float) -> LoadRun:
@@ -111,8 +118,10 @@ def measure(app: str, env: dict[str, str], load: Load, body: bytes, clients: int
         load(url, body, clients, WARM_UP_SECONDS)
         workers = worker_pids(master.pid)
         before = [cpu_seconds(pid) for pid in workers]
+        switches_before = sum(map(context_switches, workers))
         rate, ok, failed = load(url, body, clients, seconds)
-        return LoadRun(rate, ok, failed, [cpu_seconds(pid) - spent for pid, spent in zip(workers, before)])
+        return LoadRun(rate, ok, failed, [cpu_seconds(pid) - spent for pid, spent in zip(workers, before)],
+                       sum(map(context_switches, workers)) - switches_before)
 
 
 def latency_ms(url: str, body: bytes, requests: int) -> list[float]:
@@ -173,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
           f"gunicorn config backend/gunicorn.conf.py")
     for number, (ceiling, predict) in enumerate(rounds, start=1):
         print(f"round {number}: bare ceiling {ceiling.rate:7.1f} req/s ({ceiling.ok} ok, {ceiling.failed} failed), "
-              f"{ceiling.cpu_ms_per_request:.2f} ms worker CPU/request, split {_split(ceiling)}; "
-              f"/predict {predict.rate:7.1f} req/s ({predict.ok} ok, {predict.failed} failed), "
-              f"{predict.cpu_ms_per_request:.2f} ms, split {_split(predict)}; ratio {predict.rate / ceiling.rate:.2f}")
+              f"{ceiling.cpu_ms_per_request:.2f} ms worker CPU and {ceiling.switches_per_request:.1f} context switches/request, "
+              f"split {_split(ceiling)}; /predict {predict.rate:7.1f} req/s ({predict.ok} ok, {predict.failed} failed), "
+              f"{predict.cpu_ms_per_request:.2f} ms, {predict.switches_per_request:.1f} switches, split {_split(predict)}; "
+              f"ratio {predict.rate / ceiling.rate:.2f}")
     ratios = [predict.rate / ceiling.rate for ceiling, predict in rounds]
     cpu_ratios = [ceiling.cpu_ms_per_request / predict.cpu_ms_per_request for ceiling, predict in rounds]
     print(f"ratio to ceiling, median of {len(rounds)}     : {statistics.median(ratios):8.2f}   (bar: >= 0.75)")

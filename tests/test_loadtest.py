@@ -6,7 +6,6 @@ Locust is only ever run in a subprocess: importing it here would gevent-patch th
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -18,15 +17,9 @@ from typing import Iterator
 import pytest
 
 from benchmarks import loadtest
+from benchmarks.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """Return a loopback port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_path: Path) -> None:
