@@ -17,7 +17,6 @@ import shutil
 import statistics
 import tempfile
 import threading
-from typing import Callable
 
 import numpy as np
 import requests
@@ -25,7 +24,7 @@ import requests
 from backend.data import load_mnist
 from backend.styles import mnist_png
 from benchmarks.servers import gunicorn
-from benchmarks.serving_speed import LoadRun, latency_ms, locust_throughput, measure, multipart, wrk_throughput
+from benchmarks.serving_speed import Load, LoadRun, latency_ms, locust_throughput, measure, multipart, wrk_throughput
 
 BATCH_SIZE = 100
 WORKER_CLASSES = {
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--client", choices=["wrk", "locust"], default="wrk" if shutil.which("wrk") else "locust")
     args = parser.parse_args(argv)
-    load: Callable = wrk_throughput if args.client == "wrk" else locust_throughput
+    load: Load = wrk_throughput if args.client == "wrk" else locust_throughput
 
     rng = np.random.default_rng(0)
     digits = load_mnist().x_test[:BATCH_SIZE]
