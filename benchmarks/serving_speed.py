@@ -91,6 +91,10 @@ def wrk_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple
     return rate, total - failed, failed
 
 
+LOADS: dict[str, Load] = {"wrk": wrk_throughput, "locust": locust_throughput}
+DEFAULT_CLIENT = "wrk" if shutil.which("wrk") else "locust"
+
+
 @dataclass
 class LoadRun:
     """One app's measured load run: rate, outcomes, the CPU each worker spent on it and the workers' context switches."""
@@ -161,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="fresh bare + /predict server pairs to measure")
     parser.add_argument("--latency-requests", type=int, default=1000)
     parser.add_argument("--image", choices=["mnist", "canvas"], default="mnist")
-    parser.add_argument("--client", choices=["wrk", "locust"], default="wrk" if shutil.which("wrk") else "locust",
+    parser.add_argument("--client", choices=sorted(LOADS), default=DEFAULT_CLIENT,
                         help="load generator: wrk (apt-get install wrk; the default when present) or Locust")
     args = parser.parse_args(argv)
-    load = wrk_throughput if args.client == "wrk" else locust_throughput
+    load = LOADS[args.client]
 
     digit = load_mnist().x_test[0]
     rng = np.random.default_rng(0)

@@ -13,7 +13,6 @@ small one wait for the whole batch.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import requests
 from backend.data import load_mnist
 from backend.styles import mnist_png
 from benchmarks.servers import gunicorn
-from benchmarks.serving_speed import Load, LoadRun, latency_ms, locust_throughput, measure, multipart, wrk_throughput
+from benchmarks.serving_speed import DEFAULT_CLIENT, LOADS, LoadRun, latency_ms, measure, multipart
 
 BATCH_SIZE = 100
 WORKER_CLASSES = {
@@ -64,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-requests", type=int, default=300)
-    parser.add_argument("--client", choices=["wrk", "locust"], default="wrk" if shutil.which("wrk") else "locust")
+    parser.add_argument("--client", choices=sorted(LOADS), default=DEFAULT_CLIENT)
     args = parser.parse_args(argv)
-    load: Load = wrk_throughput if args.client == "wrk" else locust_throughput
+    load = LOADS[args.client]
 
     rng = np.random.default_rng(0)
     digits = load_mnist().x_test[:BATCH_SIZE]
