@@ -5,9 +5,11 @@
 Each variant handles the same multipart POST through its WSGI callable, without a server, so
 gunicorn's own share (the same for every app) is left out. A variant swaps one part of /predict
 for a stand-in: "decode only" replaces the stem with the bare app's Image.open + load, and
-"fixed answer" replaces the LiteRT call with a stored output. Variants run interleaved, round
-after round, and each round's CPU time is divided by its requests; the medians are printed,
-because neighbours on a shared VM slow some rounds down and interleaving spreads that over all.
+"fixed answer" replaces the LiteRT call with a stored output. The floor app
+(benchmarks/floor_app.py) runs only the stem and the model call in a plain Flask view. Variants
+run interleaved, round after round, and each round's CPU time is divided by its requests; the
+medians are printed, because neighbours on a shared VM slow some rounds down and interleaving
+spreads that over all.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from backend.data import load_mnist
 from backend.inference import LiteModel
 from backend.preprocessing import preprocess_bytes
 from backend.styles import canvas_dark, mnist_png
-from benchmarks import bare_app
+from benchmarks import bare_app, floor_app
 from benchmarks.serving_speed import BOUNDARY, multipart
 
 BARE = "bare app (decode only)"
+FLOOR = "floor app (stem + model only)"
 # variant -> (stem swapped for a decode-only stand-in, model call swapped for a fixed answer)
 VARIANTS = {
     BARE: (False, False),
+    FLOOR: (False, False),
     "/predict": (False, False),
     "/predict, stem -> decode only": (True, False),
     "/predict, model -> fixed answer": (False, True),
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     model = app.extensions["digit_lab"].model.current()
     model_input = preprocess_bytes(image)
     model_output = model.predict(model_input[np.newaxis])
-    apps = {variant: bare_app.app if variant == BARE else app for variant in VARIANTS}
+    apps = {variant: app for variant in VARIANTS} | {BARE: bare_app.app, FLOOR: floor_app.create_app(args.model_dir)}
+    assert b'"digit"' in wsgi_post(apps[FLOOR], body), "the floor app did not answer with a prediction"
 
     costs: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     for round_number in range(args.rounds + 1):  # round 0 warms every variant up and is not counted
@@ -116,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     bare, full = medians[BARE], medians["/predict"]
     print(f"image: {args.image}; {args.rounds} interleaved rounds x {args.requests} requests; CPU ms per request, median")
     for variant in VARIANTS:
-        print(f"  {variant:34s} {medians[variant]:6.3f} ms   (+{medians[variant] - bare:.3f} over the bare app)")
+        print(f"  {variant:36s} {medians[variant]:6.3f} ms   (+{medians[variant] - bare:.3f} over the bare app)")
     print(f"  the stem costs     {full - medians['/predict, stem -> decode only']:.3f} ms beyond decoding")
     print(f"  the model call     {full - medians['/predict, model -> fixed answer']:.3f} ms")
     print(f"  the rest of /predict (routing, schemas, metrics, JSON) {medians['/predict, both stand-ins'] - bare:.3f} ms")
+    print(f"  APIFlask, metrics and the reload check {full - medians[FLOOR]:.3f} ms (/predict against the floor app)")
     return 0
 
 
