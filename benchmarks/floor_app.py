@@ -2,8 +2,9 @@
 
 Nothing else runs: no APIFlask, no metrics, no reload check, no error handling. Whatever the
 framework around them, /predict cannot cost less than this, so its rate against the bare app
-(`benchmarks.serving_speed --floor`) bounds what trimming the framework could reach.
-Served by gunicorn as `benchmarks.floor_app:create_app()`.
+(`benchmarks.serving_speed --floor`) bounds what trimming the framework could reach. With
+`run_model=False` it answers a fixed prediction instead of calling the model: the stem's floor.
+Served by gunicorn as `benchmarks.floor_app:create_app()` or `create_app(run_model=False)`.
 """
 
 from __future__ import annotations
@@ -18,19 +19,23 @@ from backend.inference import LiteModel
 from backend.preprocessing import preprocess_bytes
 from backend.store import ModelStore
 
+DIGITS = 10  # not backend.model.DIGITS: importing that module loads TensorFlow into the workers
 
-def create_app(model_dir: str | None = None) -> Flask:
+
+def create_app(model_dir: str | None = None, run_model: bool = True) -> Flask:
     """Return the floor app serving the active version of `model_dir` (default: MODEL_DIR or models/)."""
     store = ModelStore(model_dir or os.environ.get("MODEL_DIR", "models"))
     version = store.active_version()
     model = LiteModel(store.tflite_path(version), version)
+    fixed_answer = np.full((1, DIGITS), 1 / DIGITS, dtype=np.float32)
     app = Flask(__name__)
 
     @app.post("/predict")
     def stem_and_model() -> dict:
-        """Stem the upload and predict it, and nothing more."""
-        probabilities = model.predict(preprocess_bytes(request.files["file"].read())[np.newaxis])[0]
-        return prediction(probabilities, model.version, 0.0)
+        """Stem the upload and predict it (or take the fixed answer), and nothing more."""
+        model_input = preprocess_bytes(request.files["file"].read())[np.newaxis]
+        probabilities = model.predict(model_input) if run_model else fixed_answer
+        return prediction(probabilities[0], model.version, 0.0)
 
     @app.get("/health")
     def health() -> dict:

@@ -43,7 +43,11 @@ from benchmarks.servers import context_switches, cpu_seconds, gunicorn, peak_rss
 
 BOUNDARY = uuid.uuid4().hex
 LOCUST_USER = Path(__file__).with_name("locust_same_image.py")
-FLOOR_APP = "benchmarks.floor_app:create_app()"
+# --floor: name -> (gunicorn app, what its ratio bounds)
+FLOORS = {
+    "floor app": ("benchmarks.floor_app:create_app()", "stem + model with no framework: the most trimming the framework could reach"),
+    "stem only": ("benchmarks.floor_app:create_app(run_model=False)", "the stem alone, as if the model and framework were free"),
+}
 WARM_UP_SECONDS = 3
 Load = Callable[[str, bytes, int, float], tuple[float, int, int]]  # (url, body, clients, seconds) -> (req/s, ok, failed)
 
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=sorted(LOADS), default=DEFAULT_CLIENT,
                         help="load generator: wrk (apt-get install wrk; the default when present) or Locust")
     parser.add_argument("--floor", action="store_true",
-                        help="also measure benchmarks/floor_app.py (the stem and model alone) in every round")
+                        help="also measure benchmarks/floor_app.py in every round: the stem and model alone, and the stem alone")
     args = parser.parse_args(argv)
     load = LOADS[args.client]
 
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     body = multipart(image)
     env = {"MODEL_DIR": args.model_dir, "DATA_DIR": tempfile.mkdtemp(prefix="bench-data-")}
 
-    apps = ["benchmarks.bare_app:app", "backend.wsgi:app"] + ([FLOOR_APP] if args.floor else [])
+    apps = ["benchmarks.bare_app:app", "backend.wsgi:app"] + ([app for app, _ in FLOORS.values()] if args.floor else [])
     rounds = [[measure(app, env, load, body, args.clients, args.seconds) for app in apps] for _ in range(args.rounds)]
     with gunicorn("backend.wsgi:app", env) as (url, master):
         times = latency_ms(url, body, args.latency_requests)
@@ -193,15 +197,15 @@ def main(argv: list[str] | None = None) -> int:
               f"split {_split(ceiling)}; /predict {predict.rate:7.1f} req/s ({predict.ok} ok, {predict.failed} failed), "
               f"{predict.cpu_ms_per_request:.2f} ms, {predict.switches_per_request:.1f} switches, split {_split(predict)}; "
               f"ratio {predict.rate / ceiling.rate:.2f}")
-        for run in floor:
-            print(f"         floor app {run.rate:7.1f} req/s ({run.ok} ok, {run.failed} failed), "
+        for name, run in zip(FLOORS, floor):
+            print(f"         {name} {run.rate:7.1f} req/s ({run.ok} ok, {run.failed} failed), "
                   f"{run.cpu_ms_per_request:.2f} ms, {run.switches_per_request:.1f} switches; ratio {run.rate / ceiling.rate:.2f}")
     ratios = [predict.rate / ceiling.rate for ceiling, predict, *_ in rounds]
     cpu_ratios = [ceiling.cpu_ms_per_request / predict.cpu_ms_per_request for ceiling, predict, *_ in rounds]
     print(f"ratio to ceiling, median of {len(rounds)}     : {statistics.median(ratios):8.2f}   (bar: >= 0.75)")
-    if args.floor:
-        floor_ratios = [floor.rate / ceiling.rate for ceiling, _, floor in rounds]
-        print(f"floor app's ratio, median        : {statistics.median(floor_ratios):8.2f}   (the most any framework trimming could reach)")
+    for index, (name, (_, bound)) in enumerate(FLOORS.items() if args.floor else []):
+        floor_ratio = statistics.median(runs[2 + index].rate / runs[0].rate for runs in rounds)
+        print(f"{name + ' ratio, median':33s}: {floor_ratio:8.2f}   ({bound})")
     print(f"worker CPU per request, bare / /predict: {statistics.median(cpu_ratios):8.2f}   (median; the ratio if both kept the cores busy)")
     print(f"single-client latency            : median {statistics.median(times):.2f} ms, "
           f"p95 {np.percentile(times, 95):.2f} ms, p99 {np.percentile(times, 99):.2f} ms   (bar: median <= 5 ms)")
