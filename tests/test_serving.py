@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from backend.styles import mnist_png, photo, render_set
-from benchmarks import hot_reload, request_cost
+from benchmarks import floor_app, hot_reload, request_cost
 from benchmarks.servers import REPO_ROOT, gunicorn
 
 
@@ -44,3 +44,14 @@ def test_request_cost_breakdown_runs(capsys):
     assert request_cost.main(["--model-dir", str(REPO_ROOT / "models"), "--rounds", "1", "--requests", "3"]) == 0
     printed = capsys.readouterr().out
     assert "the model call" in printed and "/predict, both stand-ins" in printed
+
+
+def test_floor_app_runs_the_stem_and_optionally_the_model(mnist):
+    image = mnist_png(mnist.x_test[0], None)
+
+    def predict(run_model: bool) -> dict:
+        client = floor_app.create_app(str(REPO_ROOT / "models"), run_model=run_model).test_client()
+        return client.post("/predict", data={"file": (io.BytesIO(image), "d.png")}).json
+
+    assert predict(run_model=True)["digit"] == mnist.y_test[0]
+    assert np.allclose(predict(run_model=False)["probabilities"], 0.1)
