@@ -30,6 +30,7 @@ STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
 UNFINISHED = ("queued", "running")
 LOG_TAIL_LINES = 40
 START_GRACE_SECONDS = 60  # a queued job with no process after this long never started
+WAL_SWITCH_SECONDS = 30  # how long a starting worker retries while another switches the table to WAL
 JSON_FIELDS = ("params", "history", "log", "result")
 
 SCHEMA = """
@@ -94,9 +95,24 @@ class JobStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "jobs.sqlite3"
         self.log_dir = self.data_dir / "jobs"
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(SCHEMA)
+        self._create_table()
+
+    def _create_table(self) -> None:
+        """Create the table in WAL mode, retrying while another worker starting at the same moment does it."""
+        deadline = time.monotonic() + WAL_SWITCH_SECONDS
+        while True:
+            try:
+                with closing(self._connect()) as db:
+                    # Two connections switching a new file to WAL at once can deadlock, and SQLite then
+                    # fails one at once instead of waiting. The mode persists, so only a first start switches.
+                    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")
+                    db.execute(SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _connect(self) -> sqlite3.Connection:
         """Open a connection in autocommit mode, waiting for locks rather than failing."""

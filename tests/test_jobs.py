@@ -193,3 +193,24 @@ def test_jobs_survive_restart_and_dead_ones_are_failed(job_app, trained_store):
     listed = {job["id"]: job for job in restarted.get("/jobs").json["jobs"]}
     assert listed[finished["id"]]["status"] == "succeeded" and listed[finished["id"]]["result"] == {"promoted": True}
     assert listed[orphan["id"]]["status"] == "failed" and "died" in listed[orphan["id"]]["error"]
+
+
+STORE_RACER = """
+import sys, time
+from backend.jobs import JobStore
+start, folders = float(sys.argv[1]), sys.argv[2:]
+for trial, folder in enumerate(folders):
+    time.sleep(max(0.0, start + trial * 0.05 - time.time()))  # every racer opens this folder at the same moment
+    JobStore(folder)
+"""
+
+
+def test_workers_starting_together_on_a_fresh_data_dir_all_boot(tmp_path):
+    # gunicorn's workers open a fresh DATA_DIR at the same moment; switching the new job table to
+    # WAL can fail at once for one of them ("database is locked"), which used to kill its boot.
+    folders = [str(tmp_path / f"data-{trial}") for trial in range(40)]
+    start = time.time() + 3
+    racers = [subprocess.Popen([sys.executable, "-c", STORE_RACER, str(start), *folders], stderr=subprocess.PIPE, text=True)
+              for _ in range(4)]
+    errors = [racer.communicate(timeout=120)[1] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 4, errors
