@@ -1,4 +1,4 @@
-"""The floor for any /predict with this stem and model: the bare app's plain Flask view plus the stem and one model call.
+"""The floor for any /predict with this stem and model: the bare app's view plus the stem and one model call.
 
 Nothing else runs: no APIFlask, no metrics, no reload check, no error handling. Whatever the
 framework around them, /predict cannot cost less than this, so its rate against the bare app
@@ -19,7 +19,7 @@ from backend.inference import LiteModel
 from backend.preprocessing import preprocess_bytes
 from backend.store import ModelStore
 
-DIGITS = 10  # not backend.model.DIGITS: importing that module loads TensorFlow into the workers
+DIGITS = 10  # not backend.model.NUM_CLASSES: importing that module loads TensorFlow into the workers
 
 
 def create_app(model_dir: str | None = None, run_model: bool = True) -> Flask:
