@@ -18,6 +18,7 @@ from backend.api.predict import prediction
 from backend.inference import LiteModel
 from backend.preprocessing import preprocess_bytes
 from backend.store import ModelStore
+from benchmarks import bare_app
 
 DIGITS = 10  # not backend.model.NUM_CLASSES: importing that module loads TensorFlow into the workers
 
@@ -37,9 +38,5 @@ def create_app(model_dir: str | None = None, run_model: bool = True) -> Flask:
         probabilities = model.predict(model_input) if run_model else fixed_answer
         return prediction(probabilities[0], model.version, 0.0)
 
-    @app.get("/health")
-    def health() -> dict:
-        """Answer readiness probes."""
-        return {"status": "ok"}
-
+    app.add_url_rule("/health", view_func=bare_app.health)
     return app
