@@ -3,7 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# Both listen on loopback only unless told otherwise (README, "Security and limits").
 BACKEND_BIND ?= 127.0.0.1:5000
+DASHBOARD_ADDRESS ?= 127.0.0.1
 DASHBOARD_PORT ?= 8501
 # The shared offline MNIST subset when it sits beside the checkout; otherwise Keras downloads MNIST.
 export MNIST_PATH ?= $(wildcard $(abspath ../shared/data/mnist_subset.npz))
@@ -23,7 +25,7 @@ run: setup
 	@trap 'kill 0' EXIT; \
 	$(VENV)/bin/gunicorn -c backend/gunicorn.conf.py --bind $(BACKEND_BIND) backend.wsgi:app & \
 	BACKEND_URL=http://$(BACKEND_BIND) $(VENV)/bin/streamlit run frontend/app.py \
-		--server.port $(DASHBOARD_PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode viewer
+		--server.address $(DASHBOARD_ADDRESS) --server.port $(DASHBOARD_PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode viewer
 
 backend: setup
 	$(VENV)/bin/gunicorn -c backend/gunicorn.conf.py --bind $(BACKEND_BIND) backend.wsgi:app

@@ -9,10 +9,12 @@ from typing import Any
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
 from flask import Response, current_app, request, send_from_directory
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from backend.api import extras, mnist, models, predict, training
+from backend import budget
+from backend.api import extras, feedback, mnist, models, predict, training
 from backend.api.auth import ensure_admin_token
 from backend.api.schemas import ERROR_SPEC
 from backend.api.services import Services
@@ -20,22 +22,39 @@ from backend.config import Settings
 from backend.feedback import FeedbackStore
 from backend.inference import ActiveModel, ReloadEvent
 from backend.jobs import JobStore
-from backend.observability import RELOADS, configure_logging, init_request_metrics, record_model_served
+from backend.observability import RELOADS, configure_logging, init_request_metrics, record_model_served, request_id
 from backend.store import ModelStore
 
 API_VERSION = "1.0"
 log = logging.getLogger(__name__)
 
 HINTS = {
+    400: "The request body cannot be parsed: send well-formed JSON (a flat object) or multipart/form-data, as /docs shows.",
     404: "No such endpoint: {method} {path}. The API is described at /docs and /openapi.json.",
     405: "{method} is not allowed on {path}: use {allowed}.",
     413: "The upload is over the {limit} MB limit (MAX_UPLOAD_MB): send a smaller file.",
 }
+# A 413 for a body within MAX_UPLOAD_MB comes from werkzeug's form limits (MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE).
+FORM_LIMIT_HINT = ("The form has over {parts} parts or a text field over {field_kb} KB: send only the documented fields, "
+                   "with images and ZIPs as file parts.")
+DEEP_JSON = "The JSON body is nested too deeply to read: send a flat JSON object, as /docs shows."
+
+
+class BoundedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider, except that a body nested too deeply to parse is bad JSON (a 400), not a RecursionError."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Parse JSON; too deep a nesting raises ValueError, which request.get_json answers as bad JSON."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError as exc:
+            raise ValueError(DEEP_JSON) from exc
 
 
 def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     """Build the API app; `config` overrides settings read from the environment (see README)."""
     app = APIFlask(__name__, title="Digit Lab API", version=API_VERSION, docs_path="/docs", spec_path="/openapi.json")
+    app.json = BoundedJSONProvider(app)
     app.config.update(Settings().as_flask_config())
     app.config.update(config or {})
     app.config.update(
@@ -46,7 +65,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
         JSON_SORT_KEYS=False,
         **_local_swagger_ui(),
     )
-    configure_logging(app.config["LOG_LEVEL"])
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     app.config["DATA_DIR"] = Path(app.config["DATA_DIR"])
     app.config["ADMIN_TOKEN"] = ensure_admin_token(app.config["DATA_DIR"], app.config["ADMIN_TOKEN"])
@@ -57,12 +76,26 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     app.extensions["digit_lab"] = Services(
         store=store, model=ActiveModel(store, on_reload=_note_reload), jobs=jobs, feedback=FeedbackStore(app.config["DATA_DIR"])
     )
-    for blueprint in (predict.bp, models.bp, training.bp, extras.bp, mnist.bp):
+    for blueprint in (predict.bp, models.bp, training.bp, extras.bp, feedback.bp, mnist.bp):
         app.register_blueprint(blueprint)
+    feedback.init_rate_limit(app)
     init_request_metrics(app)
+    _register_budget(app)
     _register_error_handling(app)
     _serve_swagger_assets(app)
     return app
+
+
+def _register_budget(app: APIFlask) -> None:
+    """Give every request REQUEST_DEADLINE_SECONDS, and answer work abandoned past it with 503 and Retry-After."""
+
+    @app.before_request
+    def _start_deadline() -> None:
+        budget.start(app.config["REQUEST_DEADLINE_SECONDS"])
+
+    @app.errorhandler(budget.BudgetExceeded)
+    def _over_budget(exc: budget.BudgetExceeded) -> tuple[dict, int, dict]:
+        return {"error": exc.message}, exc.status, {"Retry-After": str(budget.RETRY_AFTER_SECONDS)}
 
 
 def _note_reload(event: ReloadEvent) -> None:
@@ -79,7 +112,7 @@ def _register_error_handling(app: APIFlask) -> None:
     def _as_json(error: HTTPError) -> tuple[dict, int, dict]:
         message = error.message
         if error.status_code in HINTS and not _is_custom(error):
-            message = _hint(error, HINTS[error.status_code])
+            message = _hint(error, FORM_LIMIT_HINT if _form_limit_hit(error) else HINTS[error.status_code])
         if error.detail:
             message = f"{message}: {_flatten(error.detail)}"
         return {"error": message}, error.status_code, error.headers
@@ -88,8 +121,26 @@ def _register_error_handling(app: APIFlask) -> None:
     def _unexpected(exc: Exception):
         if isinstance(exc, HTTPException):
             return exc
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return {"error": "Internal error; it has been logged. Retry, and report it if it persists."}, 500
+        if isinstance(exc, RecursionError) and _raised_by_json_decoder(exc):
+            return {"error": DEEP_JSON}, 400  # webargs parses @input(location="json") with the stdlib json, not app.json
+        rid = request_id()
+        log.exception("unhandled error on %s %s (request id %s)", request.method, request.path, rid)
+        return {"error": f"Internal error (request id {rid}); it has been logged. Retry, and report the request id "
+                         "if it persists.", "request_id": rid}, 500
+
+
+def _raised_by_json_decoder(exc: BaseException) -> bool:
+    """Tell whether an exception was raised inside the standard library's json package."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").split(".")[0] == "json"
+
+
+def _form_limit_hit(error: HTTPError) -> bool:
+    """Tell whether a default 413 came from the form limits rather than MAX_UPLOAD_MB."""
+    length = request.content_length
+    return error.status_code == 413 and length is not None and length <= current_app.config["MAX_CONTENT_LENGTH"]
 
 
 def _is_custom(error: HTTPError) -> bool:
@@ -102,7 +153,8 @@ def _hint(error: HTTPError, template: str) -> str:
     allowed = ", ".join(sorted(error.headers.get("Allow", "").split(", "))) if error.headers else ""
     return template.format(
         method=request.method, path=request.path, allowed=allowed or "another method",
-        limit=current_app.config["MAX_UPLOAD_MB"],
+        limit=current_app.config["MAX_UPLOAD_MB"], parts=current_app.config["MAX_FORM_PARTS"],
+        field_kb=current_app.config["MAX_FORM_MEMORY_SIZE"] // 1000,
     )
 
 
@@ -116,20 +168,23 @@ def _flatten(detail: dict) -> str:
 
 
 def _local_swagger_ui() -> dict[str, str]:
-    """Serve Swagger UI's files from the installed swagger-ui-bundle, so /docs works offline."""
+    """Serve Swagger UI 5 (reads OpenAPI 3.1) from the installed flask-swagger-ui's dist folder, so /docs works offline."""
     return {
         "SWAGGER_UI_CSS": "/docs/assets/swagger-ui.css",
         "SWAGGER_UI_BUNDLE_JS": "/docs/assets/swagger-ui-bundle.js",
         "SWAGGER_UI_STANDALONE_PRESET_JS": "/docs/assets/swagger-ui-standalone-preset.js",
+        "DOCS_FAVICON": "/docs/assets/favicon-32x32.png",  # APIFlask's default is fetched from apiflask.com
     }
 
 
 def _serve_swagger_assets(app: APIFlask) -> None:
     """Add the static route behind _local_swagger_ui."""
-    from swagger_ui_bundle import swagger_ui_path
+    import flask_swagger_ui  # only its dist/ folder is used, not its blueprint
+
+    swagger_dist = Path(flask_swagger_ui.__file__).parent / "dist"
 
     @app.get("/docs/assets/<path:filename>")
     @app.doc(hide=True)
     def swagger_asset(filename: str) -> Response:
         """Serve one Swagger UI file."""
-        return send_from_directory(swagger_ui_path, filename)
+        return send_from_directory(swagger_dist, filename)

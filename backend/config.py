@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MAX_IMAGE_PIXELS = 12_000_000  # a 12 MP phone photo; anything larger is refused from its header
 
 
 def _env_int(name: str, default: int) -> int:
@@ -36,9 +37,16 @@ class Settings:
     mnist_path: str | None = field(default_factory=lambda: os.environ.get("MNIST_PATH") or None)
     admin_token: str | None = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or None)
     max_upload_mb: float = field(default_factory=lambda: _env_float("MAX_UPLOAD_MB", 16.0))
-    max_image_pixels: int = field(default_factory=lambda: _env_int("MAX_IMAGE_PIXELS", 40_000_000))
+    max_image_pixels: int = field(default_factory=lambda: _env_int("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS))
     max_batch_files: int = field(default_factory=lambda: _env_int("MAX_BATCH_FILES", 256))
+    max_batch_pixels: int = field(default_factory=lambda: _env_int("MAX_BATCH_PIXELS", 24_000_000))
+    request_deadline_seconds: float = field(default_factory=lambda: _env_float("REQUEST_DEADLINE_SECONDS", 5.0))
+    heavy_image_pixels: int = field(default_factory=lambda: _env_int("HEAVY_IMAGE_PIXELS", 2_000_000))
+    feedback_max_mb: float = field(default_factory=lambda: _env_float("FEEDBACK_MAX_MB", 200.0))
+    feedback_rate_limit: str = field(default_factory=lambda: os.environ.get("FEEDBACK_RATE_LIMIT", "30 per minute"))
+    ratelimit_storage_uri: str = field(default_factory=lambda: os.environ.get("RATELIMIT_STORAGE_URI", "memory://"))
     log_level: str = field(default_factory=lambda: os.environ.get("LOG_LEVEL", "INFO").upper())
+    log_format: str = field(default_factory=lambda: os.environ.get("LOG_FORMAT", "text").lower())
     gate_max_mnist_drop: float = field(default_factory=lambda: _env_float("GATE_MAX_MNIST_DROP", 0.003))
     zip_max_entries: int = field(default_factory=lambda: _env_int("ZIP_MAX_ENTRIES", 20_000))
     zip_max_mb: float = field(default_factory=lambda: _env_float("ZIP_MAX_UNCOMPRESSED_MB", 200.0))

@@ -12,9 +12,14 @@ from typing import Callable
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from backend.store import ModelStore, VersionNotFoundError
+from backend.store import CorruptVersionError, ModelStore, VersionNotFoundError
 
 log = logging.getLogger(__name__)
+
+INPUT_SHAPE = (28, 28, 1)
+CLASSES = 10
+RELOAD_RETRY_SECONDS = 30.0  # a worker that failed to load ACTIVE's version tries again after this long
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, VersionNotFoundError)  # what a damaged or missing version raises
 
 
 class LiteModel:
@@ -55,6 +60,32 @@ class LiteModel:
         return interpreter.get_tensor(self._output)  # a copy, safe to keep after the lock
 
 
+def verify_version(store: ModelStore, version: str) -> LiteModel:
+    """Load a version and check it serves digits (file hashes, shapes, a probe); raise CorruptVersionError if not."""
+    store.check_files(version)
+    try:
+        model = LiteModel(store.tflite_path(version), version)
+        details = model._single.get_input_details()[0], model._single.get_output_details()[0]
+        probe = model.predict(np.linspace(0, 1, 2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28))
+    except (ValueError, RuntimeError) as exc:
+        raise CorruptVersionError(f"model.tflite of version {version} cannot be loaded by LiteRT: {exc}") from exc
+    shapes = tuple(details[0]["shape"][1:]), tuple(details[1]["shape"][1:])
+    if shapes != (INPUT_SHAPE, (CLASSES,)):
+        raise CorruptVersionError(f"version {version} maps {shapes[0]} to {shapes[1]}, not 28x28x1 images to {CLASSES} classes")
+    if probe.shape != (2, CLASSES) or not np.all(np.isfinite(probe)) or not np.allclose(probe.sum(axis=1), 1, atol=1e-3):
+        raise CorruptVersionError(f"version {version} does not answer a probe with {CLASSES} probabilities summing to 1")
+    return model
+
+
+@dataclass
+class LoadFailure:
+    """A version ACTIVE names that this worker could not load."""
+
+    version: str
+    error: str
+    retry_at: float  # time.monotonic() after which the next request tries again
+
+
 @dataclass
 class ReloadEvent:
     """What happened the last time the served model changed."""
@@ -69,7 +100,9 @@ class ActiveModel:
 
     Noticing costs one os.stat of the ACTIVE pointer per request. On a change the new version is
     loaded first, then swapped in, then the old one is dropped (TF Serving's order), so requests in
-    flight finish on the old model and no request ever sees a half-loaded one.
+    flight finish on the old model and no request ever sees a half-loaded one. A version that fails
+    to load is remembered: the old one keeps serving, and the load is retried only when ACTIVE
+    changes again or RELOAD_RETRY_SECONDS later, never on every request.
     """
 
     def __init__(self, store: ModelStore, on_reload: Callable[[ReloadEvent], None] | None = None) -> None:
@@ -78,34 +111,42 @@ class ActiveModel:
         self._lock = threading.Lock()
         self._model: LiteModel | None = None
         self._stamp: tuple[int, int] | None = None
+        self.failure: LoadFailure | None = None
 
     def current(self) -> LiteModel | None:
         """Return the model to serve this request with (None if nothing is active), reloading first if ACTIVE changed."""
         stamp = self.store.active_stamp()
         model = self._model
-        if model is not None and stamp == self._stamp:
+        if stamp == self._stamp and not self._retry_due():
             return model
         with self._lock:
-            if self._model is None or stamp != self._stamp:
+            if stamp != self._stamp or self._retry_due():
                 self._reload(stamp)
         return self._model
+
+    def _retry_due(self) -> bool:
+        """Tell whether a failed load is old enough to try again."""
+        failure = self.failure
+        return failure is not None and time.monotonic() >= failure.retry_at
 
     def _reload(self, stamp: tuple[int, int] | None) -> None:
         """Load the version ACTIVE names, then swap it in; keep serving the old one on failure."""
         version = self.store.active_version()
-        if version is None:
-            self._stamp = stamp
-            return
-        if self._model is not None and self._model.version == version:
-            self._stamp = stamp
+        if version is None or (self._model is not None and self._model.version == version):
+            self._stamp, self.failure = stamp, None
             return
         started = time.perf_counter()
         try:
             fresh = LiteModel(self.store.tflite_path(version), version)
-        except (OSError, ValueError, RuntimeError, VersionNotFoundError) as exc:
+        except LOAD_ERRORS as exc:
+            self._stamp = stamp
+            self.failure = LoadFailure(version, f"{type(exc).__name__}: {exc}", time.monotonic() + RELOAD_RETRY_SECONDS)
             log.error("could not load model version %s, still serving %s: %s", version, self.version, exc)
+            from backend.observability import LOAD_FAILURES  # here, so the job runner's LiteModel never imports Flask
+
+            LOAD_FAILURES.inc()
             return
-        previous, self._model, self._stamp = self._model, fresh, stamp
+        previous, self._model, self._stamp, self.failure = self._model, fresh, stamp, None
         seconds = time.perf_counter() - started
         log.info("serving model version %s (was %s), loaded in %.3f s", version, getattr(previous, "version", None), seconds)
         if self._on_reload is not None:
@@ -115,3 +156,15 @@ class ActiveModel:
     def version(self) -> str | None:
         """Return the version currently loaded, if any."""
         return self._model.version if self._model is not None else None
+
+    def health(self) -> dict[str, str | None]:
+        """Return this worker's state: ok, degraded (serving an older version than ACTIVE names) or no-model."""
+        model, failure = self.current(), self.failure
+        if model is None:
+            reason = f"could not load version {failure.version}: {failure.error}" if failure else "no model version is active"
+            return {"status": "no-model", "model_version": None, "reason": reason}
+        if failure is not None:
+            return {"status": "degraded", "model_version": model.version,
+                    "reason": f"ACTIVE names version {failure.version}, which this worker could not load "
+                              f"({failure.error}); still serving {model.version}"}
+        return {"status": "ok", "model_version": model.version}

@@ -4,6 +4,13 @@ The web worker that accepts a job only inserts a row and starts `python -m backe
 it never trains, so no worker blocks and gunicorn's timeout never fires. One job runs at a time:
 the check and the insert happen in one IMMEDIATE transaction. A job whose process died (server
 restart, OOM kill) is marked failed the next time anyone looks.
+
+Every status change is a compare-and-set (`UPDATE ... WHERE status IN (...)`), so the runner,
+a cancel and the reaper can race freely: whichever commits first wins and the others change
+nothing. A cancel takes effect in the table at once; the signal it then sends only stops the
+work early. The runner's verdict and the activation of its candidate are one transaction
+(`conclude`), so a cancel lands either before it (nothing changes) or after it (too late: the
+job already reports that it promoted).
 """
 
 from __future__ import annotations
@@ -19,15 +26,20 @@ import threading
 import time
 import traceback
 import uuid
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
-UNFINISHED = ("queued", "running")
+QUEUED, RUNNING, SUCCEEDED, REJECTED, FAILED, CANCELLED = STATUSES
+UNFINISHED = (QUEUED, RUNNING)
+CANCEL_MESSAGE = "Cancelled on request."
+CANCEL_WAIT_SECONDS = 5  # how long a cancel waits for the job's process to exit
+MAX_EPOCHS = 100
+DEFAULT_EPOCHS = {"scratch": 30, "active": 3, "upload": 4}  # per starting point; uploads fine-tune the active model
 LOG_TAIL_LINES = 40
 START_GRACE_SECONDS = 60  # a queued job with no process after this long never started
 WAL_SWITCH_SECONDS = 30  # how long a starting worker retries while another switches the table to WAL
@@ -66,8 +78,47 @@ class JobNotFoundError(LookupError):
     """No job has that id."""
 
 
+class JobAlreadyEndedError(RuntimeError):
+    """A cancel came too late: the job had already ended another way."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        result = job.get("result") or {}
+        if job["status"] == SUCCEEDED and result.get("promoted"):
+            detail = (f"it promoted version {result['candidate']}, which became active. "
+                      f"To roll back, POST /models/{result['previous']}/activate.")
+        else:
+            detail = "there is nothing to cancel."
+        super().__init__(f"Job {job['id']} already ended ({job['status']}): {detail}")
+        self.job = job
+
+
 class JobCancelled(BaseException):
     """Raised inside a job process when it is asked to stop."""
+
+
+def default_epochs(kind: str, start_from: str) -> int:
+    """Return the epochs a job runs when the request does not say."""
+    return DEFAULT_EPOCHS["upload" if kind == "upload_and_retrain" else start_from]
+
+
+def _marks(values: tuple) -> str:
+    """Return SQL placeholders for an IN (...) list."""
+    return ", ".join("?" * len(values))
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    """Store dicts and lists of the JSON columns as JSON text."""
+    return {k: json.dumps(v) if k in JSON_FIELDS and v is not None else v for k, v in fields.items()}
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold back SIGTERM (a cancel's stop signal) until the block is done; it is delivered afterwards."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def now() -> str:
@@ -120,6 +171,18 @@ class JobStore:
         db.row_factory = sqlite3.Row
         return db
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Hold the write lock for a check-then-write step: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
     @staticmethod
     def _decode(row: sqlite3.Row) -> dict[str, Any]:
         """Turn a row into the job's JSON shape."""
@@ -129,26 +192,33 @@ class JobStore:
         job.pop("pid", None)
         return job
 
+    @staticmethod
+    def _move(db: sqlite3.Connection, job_id: str, status: str, expected: tuple[str, ...], fields: dict[str, Any]) -> bool:
+        """Compare-and-set: move a job to `status` only if it is in one of `expected`; return whether it moved."""
+        values = _encode(fields)
+        if status not in UNFINISHED:
+            values["finished"] = now()
+        assignments = "".join(f", {key} = ?" for key in values)
+        cursor = db.execute(
+            f"UPDATE jobs SET status = ?{assignments} WHERE id = ? AND status IN ({_marks(expected)})",
+            (status, *values.values(), job_id, *expected),
+        )
+        return cursor.rowcount == 1
+
     def create(self, kind: str, params: dict[str, Any], epochs: int) -> dict[str, Any]:
         """Insert a queued job unless one is unfinished (then raise JobConflictError)."""
         self.reap_dead()
         job_id = uuid.uuid4().hex[:12]
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                running = db.execute(
-                    "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created LIMIT 1"
-                ).fetchone()
-                if running:
-                    raise JobConflictError(running["id"])
-                db.execute(
-                    "INSERT INTO jobs (id, kind, status, params, created, epochs) VALUES (?, ?, 'queued', ?, ?, ?)",
-                    (job_id, kind, json.dumps(params), now(), epochs),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            running = db.execute(
+                f"SELECT id FROM jobs WHERE status IN ({_marks(UNFINISHED)}) ORDER BY created LIMIT 1", UNFINISHED
+            ).fetchone()
+            if running:
+                raise JobConflictError(running["id"])
+            db.execute(
+                "INSERT INTO jobs (id, kind, status, params, created, epochs) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, kind, QUEUED, json.dumps(params), now(), epochs),
+            )
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -167,34 +237,66 @@ class JobStore:
             rows = db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
         return [self._decode(row) for row in rows]
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Set columns of a job; dicts and lists are stored as JSON."""
-        values = {k: json.dumps(v) if k in JSON_FIELDS and v is not None else v for k, v in fields.items()}
+    def unfinished(self) -> list[str]:
+        """Return the ids of queued and running jobs."""
+        with closing(self._connect()) as db:
+            rows = db.execute(f"SELECT id FROM jobs WHERE status IN ({_marks(UNFINISHED)})", UNFINISHED).fetchall()
+        return [row["id"] for row in rows]
+
+    def statuses(self) -> dict[str, str]:
+        """Return every job's status by id."""
+        with closing(self._connect()) as db:
+            return {row["id"]: row["status"] for row in db.execute("SELECT id, status FROM jobs")}
+
+    def update(self, job_id: str, **fields: Any) -> bool:
+        """Set progress columns of an unfinished job; return False (changing nothing) once it has ended.
+
+        The status is never set here: only the compare-and-set moves (start, finish, conclude, cancel) change it.
+        """
+        if "status" in fields:
+            raise TypeError("update() does not change the status: use start, finish, conclude or cancel")
+        values = _encode(fields)
         assignments = ", ".join(f"{key} = ?" for key in values)
         with closing(self._connect()) as db:
-            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
-
-    def finish(self, job_id: str, status: str, **fields: Any) -> None:
-        """Move a job to a final status, once: a job that already ended keeps its status."""
-        values = {k: json.dumps(v) if k in JSON_FIELDS and v is not None else v for k, v in fields.items()}
-        assignments = "".join(f", {key} = ?" for key in values)
-        with closing(self._connect()) as db:
-            db.execute(
-                f"UPDATE jobs SET status = ?, finished = ?{assignments} WHERE id = ? AND status IN ('queued', 'running')",
-                (status, now(), *values.values(), job_id),
+            cursor = db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({_marks(UNFINISHED)})",
+                (*values.values(), job_id, *UNFINISHED),
             )
+        return cursor.rowcount == 1
+
+    def start(self, job_id: str, pid: int) -> bool:
+        """Move a queued job to running in process `pid`; False if it is no longer queued (e.g. cancelled)."""
+        with closing(self._connect()) as db:
+            return self._move(db, job_id, RUNNING, (QUEUED,), {"started": now(), "pid": pid})
+
+    def finish(self, job_id: str, status: str, **fields: Any) -> bool:
+        """Move an unfinished job to a final status; a job that already ended keeps its status (returns False)."""
+        with closing(self._connect()) as db:
+            return self._move(db, job_id, status, UNFINISHED, fields)
+
+    def conclude(self, job_id: str, result: dict[str, Any], promote: Callable[[], None] | None) -> bool:
+        """Record a running job's verdict, activating its candidate (`promote`) in the same step.
+
+        One write transaction holds both, and SIGTERM is held back meanwhile, so a cancel lands either
+        before (then this returns False and nothing is activated) or after (then the job has succeeded).
+        """
+        with uninterrupted(), self._transaction() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] != RUNNING:
+                return False
+            if promote is not None:
+                promote()
+            return self._move(db, job_id, SUCCEEDED if promote else REJECTED, (RUNNING,), {"result": result, "progress": 1.0})
 
     def append_log(self, job_id: str, line: str) -> None:
         """Add a line to the job's log tail (and its full log file)."""
         self.log_dir.mkdir(exist_ok=True)
         with open(self.log_dir / f"{job_id}.log", "a") as handle:
             handle.write(f"{now()} {line}\n")
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             row = db.execute("SELECT log FROM jobs WHERE id = ?", (job_id,)).fetchone()
             tail = (json.loads(row["log"]) if row else []) + [line]
             db.execute("UPDATE jobs SET log = ? WHERE id = ?", (json.dumps(tail[-LOG_TAIL_LINES:]), job_id))
-            db.execute("COMMIT")
 
     def pid(self, job_id: str) -> int | None:
         """Return the process id running a job, if any."""
@@ -205,7 +307,9 @@ class JobStore:
     def reap_dead(self) -> None:
         """Mark unfinished jobs whose process is gone as failed."""
         with closing(self._connect()) as db:
-            rows = db.execute("SELECT id, pid, created FROM jobs WHERE status IN ('queued', 'running')").fetchall()
+            rows = db.execute(
+                f"SELECT id, pid, created FROM jobs WHERE status IN ({_marks(UNFINISHED)})", UNFINISHED
+            ).fetchall()
         for row in rows:
             if row["pid"] is None:
                 age = (datetime.now(timezone.utc) - datetime.fromisoformat(row["created"])).total_seconds()
@@ -213,22 +317,44 @@ class JobStore:
                     continue
             elif process_alive(row["pid"]):
                 continue
-            self.finish(row["id"], "failed", error="The training process died (server restart, crash or kill); "
+            self.finish(row["id"], FAILED, error="The training process died (server restart, crash or kill); "
                         "the active model was not changed. Start the job again.")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """Stop a queued or running job; the active model is left as it was."""
-        job = self.get(job_id)
-        if job["status"] in UNFINISHED:
-            pid = self.pid(job_id)
-            if process_alive(pid):
-                os.kill(pid, signal.SIGTERM)  # the runner turns this into JobCancelled
-                for _ in range(100):  # give it a moment to record the cancellation itself
-                    if self.get(job_id)["status"] not in UNFINISHED:
-                        break
-                    time.sleep(0.05)
-            self.finish(job_id, "cancelled", error="Cancelled on request.")
+        """Cancel a queued or running job at once, then stop its process; the active model is left as it was.
+
+        Cancelling a cancelled job changes nothing; a job that ended another way raises JobAlreadyEndedError.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT status, pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(f"No job {job_id!r}. GET /jobs lists the jobs.")
+            cancelled = self._move(db, job_id, CANCELLED, UNFINISHED, {"error": CANCEL_MESSAGE})
+        if not cancelled:
+            job = self.get(job_id)
+            if job["status"] != CANCELLED:
+                raise JobAlreadyEndedError(job)
+            return job
+        self.append_log(job_id, "cancelled on request; the active model is unchanged")
+        if process_alive(row["pid"]):
+            os.kill(row["pid"], signal.SIGTERM)  # the runner turns this into JobCancelled and stops early
+            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+            while process_alive(row["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
         return self.get(job_id)
+
+    def prune_logs(self, max_age_days: float) -> list[str]:
+        """Delete the log files of ended jobs (and of jobs no longer listed) not written for `max_age_days`."""
+        if not self.log_dir.is_dir():
+            return []
+        keep = set(self.unfinished())
+        cutoff = time.time() - max_age_days * 86400
+        removed = []
+        for path in sorted(self.log_dir.iterdir()):
+            if path.suffix in (".log", ".out") and path.stem not in keep and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
 
 
 def launch(store: JobStore, job_id: str, env: dict[str, str] | None = None) -> int:
@@ -242,36 +368,38 @@ def launch(store: JobStore, job_id: str, env: dict[str, str] | None = None) -> i
         env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent,
     )
     log_file.close()
-    store.update(job_id, pid=process.pid)
+    store.update(job_id, pid=process.pid)  # lets a cancel stop it before it records itself
     threading.Thread(target=process.wait, daemon=True).start()  # reap it, so it never lingers as a zombie
     return process.pid
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """Turn a cancel's SIGTERM into JobCancelled wherever the runner is."""
+    raise JobCancelled()
+
+
 def run(data_dir: str, job_id: str) -> int:
-    """Job process entry point: run the job's pipeline and record how it ended."""
-    from backend.retraining import execute
-
+    """Job process entry point: run the job unless it was cancelled first; execute() records the verdict."""
     store = JobStore(data_dir)
-    store.update(job_id, status="running", started=now(), pid=os.getpid())
-
-    def cancel(signum: int, frame: Any) -> None:
-        raise JobCancelled()
-
-    signal.signal(signal.SIGTERM, cancel)
-    job = store.get(job_id)
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        result = execute(job, store)
+        if not store.start(job_id, os.getpid()):
+            log.info("job %s is no longer queued; not training", job_id)
+            return 1
+        from backend.retraining import execute  # imports TensorFlow: only for a job that really starts
+
+        execute(store.get(job_id), store)
     except JobCancelled:
-        store.append_log(job_id, "cancelled; the active model is unchanged")
-        store.finish(job_id, "cancelled", error="Cancelled on request.")
+        # A cancel already marked the job; this line is for a SIGTERM from elsewhere (e.g. a shutdown).
+        if store.finish(job_id, CANCELLED, error=CANCEL_MESSAGE):
+            store.append_log(job_id, "stopped by SIGTERM; the active model is unchanged")
         return 1
     except Exception as exc:  # any failure ends the job, never the server
         store.append_log(job_id, f"failed: {type(exc).__name__}: {exc}")
         with open(store.log_dir / f"{job_id}.log", "a") as handle:
             handle.write(traceback.format_exc())
-        store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        store.finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
         return 1
-    store.finish(job_id, "succeeded" if result["promoted"] else "rejected", result=result, progress=1.0)
     return 0
 
 

@@ -16,6 +16,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend import budget
+from backend.config import DEFAULT_MAX_IMAGE_PIXELS
+
 MNIST_SIDE = 28
 DIGIT_BOX = 20
 MNIST_CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates
@@ -25,7 +28,6 @@ MIN_CONTRAST = 32.0  # grey levels between paper and ink below which an image co
 NOISE_FLOOR = 0.25  # share of the ink contrast treated as paper texture, shadows and JPEG noise
 INK_SATURATION_PERCENTILE = 70  # MNIST strokes are saturated from about their 70th percentile
 MIN_COMPONENT_SHARE = 0.05  # blobs lighter than this share of the heaviest one are specks
-DEFAULT_MAX_PIXELS = 40_000_000
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 _LEVELS = np.arange(256, dtype=np.float32)
 Image.init()  # register every plugin now: Image.open(formats=...) only knows loaded ones
@@ -43,8 +45,11 @@ class InvalidImageError(ValueError):
         self.status = status
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode image bytes, refusing oversized images before their pixels are decoded."""
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Read only an image's header, refusing empty, unreadable or oversized files before any pixel is decoded.
+
+    A big JPEG is set to decode at reduced size, so `decoded_pixels` of the result is what it will cost.
+    """
     if not data:
         raise InvalidImageError("The file is empty: send a PNG, JPEG, BMP, GIF, WebP or TIFF image.")
     try:
@@ -58,24 +63,38 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidImageError(
-            f"The image is {width}x{height} pixels, over the limit of {max_pixels:,} pixels: "
-            "send a smaller image.",
+            f"The image is {width}x{height} pixels, over the limit of {max_pixels:,} pixels "
+            "(MAX_IMAGE_PIXELS): send a smaller image.",
             status=413,
         )
-    try:
-        if image.format == "JPEG":
-            image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # decode big photos at reduced size
-        ImageOps.exif_transpose(image, in_place=True)  # loads the pixels, turns phone photos upright
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise InvalidImageError(
-            "The image is truncated or corrupt: send the complete file."
-        ) from exc
+    if image.format == "JPEG":
+        image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # decode big photos at reduced size
     return image
+
+
+def decoded_pixels(image: Image.Image) -> int:
+    """Return how many pixels decoding an opened image will produce: its cost in CPU and memory."""
+    return image.width * image.height
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decode an opened image's pixels and turn phone photos upright."""
+    try:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise InvalidImageError("The image is truncated or corrupt: send the complete file.") from exc
+    return image
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode image bytes, refusing oversized images before their pixels are decoded."""
+    return load_image(open_image(data, max_pixels))
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
     """Return the image as 8-bit grey levels (uint8), with any transparency composited away."""
-    image = _limit_size(image)
+    image = _limit_size(_readable_mode(image))
     if image.mode == "L":
         return np.asarray(image)
     if image.mode.startswith("I;16"):
@@ -92,6 +111,13 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
         return _grey_levels(_composite(gray, alpha))
     return np.asarray(image.convert("L"))
+
+
+def _readable_mode(image: Image.Image) -> Image.Image:
+    """Bring colour spaces that Pillow cannot convert to grey (LAB) to their lightness channel."""
+    if image.mode == "LAB":
+        return image.getchannel("L")
+    return image
 
 
 def _limit_size(image: Image.Image) -> Image.Image:
@@ -238,12 +264,16 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
 
 def preprocess_image(image: Image.Image) -> np.ndarray:
     """Turn a decoded PIL image of any mode into the 28x28 float32 model input."""
-    return preprocess_gray(to_grayscale(image))
+    gray = to_grayscale(image)
+    budget.check("preprocessing")
+    return preprocess_gray(gray)
 
 
-def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Turn uploaded image bytes into the 28x28 float32 model input."""
-    return preprocess_image(decode_image(data, max_pixels=max_pixels))
+    image = decode_image(data, max_pixels=max_pixels)
+    budget.check("decoding")
+    return preprocess_image(image)
 
 
 def preprocess_many(grays: np.ndarray) -> np.ndarray:

@@ -4,7 +4,12 @@ model, and promote it only if it passes the gate.
 Continual learning: fine-tuning on a small upload alone makes a network forget MNIST, so every
 upload is mixed with a replay sample of MNIST, and the candidate must stay within
 GATE_MAX_MNIST_DROP of the active model on the MNIST test split while not getting worse on the
-upload's hold-out part. A rejected candidate stays in the store for manual activation.
+upload's hold-out part. A rejected candidate stays in the store for manual activation (until
+`python -m backend.store prune` removes it).
+
+A cancel stops training through SIGTERM (JobCancelled) and is checked again after every epoch.
+Once the candidate is published, SIGTERM is held back: the verdict and the activation are one
+step (JobStore.conclude), and the candidate of a job cancelled meanwhile is withdrawn.
 """
 
 from __future__ import annotations
@@ -16,21 +21,14 @@ import numpy as np
 from backend.config import Settings
 from backend.data import class_counts, list_datasets, load_mnist, load_uploaded, stemmed
 from backend.evaluate import accuracy
-from backend.inference import LiteModel
-from backend.jobs import JobStore
+from backend.inference import LiteModel, verify_version
+from backend.jobs import JobCancelled, JobStore, default_epochs, uninterrupted
 from backend.store import ModelStore
 from backend.train import TrainingConfig, TrainingData, train_and_publish
 
-DEFAULT_EPOCHS = {"scratch": 30, "active": 3, "upload": 4}
-MAX_EPOCHS = 100
 REPLAY_MIN = 6000  # MNIST images replayed alongside an upload
 REPLAY_PER_UPLOADED = 4  # ...or this many per uploaded training image, whichever is more
 EXTRA_OVERSAMPLE = 3  # uploaded and feedback images count this many times per epoch
-
-
-def default_epochs(kind: str, start_from: str) -> int:
-    """Return the epochs a job runs when the request does not say."""
-    return DEFAULT_EPOCHS["upload" if kind == "upload_and_retrain" else start_from]
 
 
 def _extra_sources(settings: Settings, dataset_ids: list[str], include_feedback: bool) -> list[tuple[str, Any]]:
@@ -127,15 +125,32 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
     def on_epoch(epoch: int, total: int, logs: dict[str, float]) -> None:
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
-        jobs.update(job_id, epoch=epoch, epochs=total, progress=round(epoch / total, 4), history=history)
+        if not jobs.update(job_id, epoch=epoch, epochs=total, progress=round(epoch / total, 4), history=history):
+            raise JobCancelled()  # the job ended meanwhile (a cancel whose signal was missed): publish nothing
         say(f"epoch {epoch}/{total}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
 
     say(f"training {len(data.y_train)} images for {epochs} epochs from {start_from}")
-    jobs.update(job_id, epochs=epochs)
+    if not jobs.update(job_id, epochs=epochs):
+        raise JobCancelled()
     candidate = train_and_publish(
         store, data, TrainingConfig(epochs=epochs, seed=int(params.get("seed", 42))),
         start_from=start_from, on_epoch=on_epoch, verbose=0, extra_metadata={"job": job_id},
     )
+    with uninterrupted():  # from here a cancel is seen by conclude(), never half-way through a step
+        result = _judge(store, candidate, active_version, data, settings, say)
+        promote = None
+        if result["promoted"]:
+            verify_version(store, candidate)  # the same check POST /models/<v>/activate makes
+            promote = lambda: store.activate(candidate)  # noqa: E731
+        if not jobs.conclude(job_id, result, promote):
+            store.remove(candidate)
+            say(f"cancelled before its verdict; candidate {candidate} withdrawn, the active model is unchanged")
+    return result
+
+
+def _judge(store: ModelStore, candidate: str, active_version: str | None, data: TrainingData,
+           settings: Settings, say) -> dict[str, Any]:
+    """Score the candidate against the active model and return the job's result (the promotion decision)."""
     meta = store.metadata(candidate)
     candidate_scores = {"mnist_test": meta["test_metrics"]["accuracy"],
                         **{name: m["accuracy"] for name, m in meta.get("holdout_metrics", {}).items()}}
@@ -146,8 +161,6 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
                          **{name: accuracy(active_model, x, y) for name, (x, y) in data.holdout.items()}}
     promoted, reason = gate(active_scores, candidate_scores, settings.gate_max_mnist_drop)
     say(f"candidate {candidate}: {reason}")
-    if promoted:
-        store.activate(candidate)
     comparison = {
         name: {"active": None if active_scores is None else active_scores[name], "candidate": score,
                "examples": int(len(data.y_test) if name == "mnist_test" else len(data.holdout[name][1]))}
@@ -156,7 +169,7 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
     return {
         "candidate": candidate,
         "previous": active_version,
-        "active": store.active_version(),
+        "active": candidate if promoted else active_version,
         "promoted": promoted,
         "reason": reason,
         "comparison": {"mnist_test": comparison["mnist_test"], "upload_holdout": comparison.get("upload_holdout")},

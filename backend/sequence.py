@@ -2,7 +2,9 @@
 
 Segmentation works on the stem's ink map: connected blobs are grouped when they overlap
 horizontally (a 5's detached hat, a 7's crossbar), groups much wider than tall are cut at their
-thinnest columns (touching digits), and the pieces are read left to right.
+thinnest columns (touching digits), and the pieces are read left to right. Every step is linear
+or n log n in the number of blobs, and an image with far more blobs or digits than a row of
+handwriting has is refused before any per-blob work.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from backend import budget
 from backend.preprocessing import InvalidImageError, digit_from_ink, ink_map, remove_specks
 
 MERGE_OVERLAP = 0.5  # share of the narrower group's width two groups must share to be one digit
 FRAGMENT_HEIGHT = 0.6  # a group shorter than this share of the median digit height is a broken-off stroke
 SPLIT_ASPECT = 1.3  # wider than this many heights: several touching digits
 DIGIT_ASPECT = 0.75  # a typical digit's width per height, to guess how many digits touch
+MAX_BLOBS = 200  # separate ink blobs: a row of 40 digits broken into several strokes each stays well under
+MAX_DIGITS = 64  # digits read from one image
 
 
 @dataclass
@@ -31,6 +36,12 @@ class Segment:
 def _blobs(ink: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
     """Label the 8-connected blobs of ink; return the labels and each blob's (rows, cols) box, blob 1 first."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0).view(np.uint8), connectivity=8)
+    if count - 1 > MAX_BLOBS:
+        raise InvalidImageError(
+            f"The image has {count - 1:,} separate marks, far more than a row of digits ({MAX_BLOBS} at most): "
+            "send a photo or drawing of one row of digits on plain paper.",
+            422,
+        )
     boxes = [(slice(int(y), int(y + h)), slice(int(x), int(x + w)))
              for x, y, w, h in stats[1:, [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]]]
     return labels, boxes
@@ -65,26 +76,24 @@ def _group_box(slices: list, group: list[int]) -> tuple[int, int, int, int]:
 
 
 def _merge_overlapping(slices: list) -> list[list[int]]:
-    """Group blob labels whose column ranges overlap enough to be parts of one digit."""
-    spans = {label: [s[1].start, s[1].stop] for label, s in enumerate(slices, start=1) if s is not None}
-    groups = [[label] for label in sorted(spans, key=lambda label: spans[label][0])]
-    group_spans = [list(spans[g[0]]) for g in groups]
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(groups)):
-            for j in range(i + 1, len(groups)):
-                (a0, a1), (b0, b1) = group_spans[i], group_spans[j]
-                overlap = min(a1, b1) - max(a0, b0)
-                if overlap >= MERGE_OVERLAP * min(a1 - a0, b1 - b0):
-                    groups[i] += groups.pop(j)
-                    group_spans[i] = [min(a0, b0), max(a1, b1)]
-                    group_spans.pop(j)
-                    merged = True
-                    break
-            if merged:
-                break
+    """Group blob labels whose column ranges overlap enough to be parts of one digit, in one left-to-right sweep."""
+    groups: list[list[int]] = []
+    spans: list[tuple[int, int]] = []
+    for label in sorted(range(1, len(slices) + 1), key=lambda label: slices[label - 1][1].start):
+        groups.append([label])
+        spans.append((slices[label - 1][1].start, slices[label - 1][1].stop))
+        # A merge widens the newest group, which may then reach the one before: fold back while it does.
+        while len(spans) > 1 and _overlap_enough(spans[-2], spans[-1]):
+            (b0, b1), newest = spans.pop(), groups.pop()
+            spans[-1] = (min(spans[-1][0], b0), max(spans[-1][1], b1))
+            groups[-1] += newest
     return groups
+
+
+def _overlap_enough(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Tell whether two column ranges share MERGE_OVERLAP of the narrower one's width."""
+    overlap = min(a[1], b[1]) - max(a[0], b[0])
+    return overlap >= MERGE_OVERLAP * min(a[1] - a[0], b[1] - b[0])
 
 
 def _split_columns(ink: np.ndarray, digit_height: float) -> list[tuple[int, int]]:
@@ -110,18 +119,26 @@ def segment_digits(gray: np.ndarray) -> list[Segment]:
     ink = remove_specks(ink_map(gray))
     labels, slices = _blobs(ink)
     groups = _groups(slices)
-    digit_height = float(np.median([bottom - top for top, bottom, _, _ in (_group_box(slices, g) for g in groups)]))
+    boxes = [_group_box(slices, group) for group in groups]
+    digit_height = float(np.median([bottom - top for top, bottom, _, _ in boxes]))
+    pieces = []
+    for group, (top, bottom, left, right) in zip(groups, boxes):
+        window = (slice(top, bottom), slice(left, right))  # work on the group's box, never the whole page
+        group_ink = np.where(np.isin(labels[window], group), ink[window], 0.0).astype(np.float32)
+        pieces += [(group_ink[:, a:b], top, left + a) for a, b in _split_columns(group_ink, digit_height)]
+        if len(pieces) > MAX_DIGITS:
+            raise InvalidImageError(
+                f"The image holds more than {MAX_DIGITS} digits: send one row of at most {MAX_DIGITS} digits.", 422
+            )
     segments = []
-    for group in groups:
-        group_ink = np.where(np.isin(labels, group), ink, 0.0).astype(np.float32)
-        for left, right in _split_columns(group_ink, digit_height):
-            piece = np.zeros_like(group_ink)
-            piece[:, left:right] = group_ink[:, left:right]
-            rows, cols = np.nonzero(piece)
-            if rows.size == 0:
-                continue
-            box = (int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1))
-            segments.append(Segment(digit_from_ink(piece), box))
+    for piece, top, left in pieces:
+        rows, cols = np.nonzero(piece)
+        if rows.size == 0:
+            continue
+        box = (left + int(cols.min()), top + int(rows.min()), int(cols.max() - cols.min() + 1),
+               int(rows.max() - rows.min() + 1))
+        segments.append(Segment(digit_from_ink(piece), box))
+        budget.check("reading the row")
     if not segments:
         raise InvalidImageError("No digits found: the page has no ink that stands out.", 422)
     return sorted(segments, key=lambda segment: segment.box[0])

@@ -5,36 +5,85 @@
       20261121-104500-3fa2/      # one complete, immutable version
         model.keras              # the Keras model, for evaluation and fine-tuning
         model.tflite             # the LiteRT export the web workers serve
-        metadata.json            # provenance, hyperparameters, history, test metrics
+        metadata.json            # provenance, hyperparameters, history, test metrics, file hashes
 
-A version is written into a hidden `.incoming-*` folder and renamed into place only when it is
-complete, so a reader never sees half a version. Paths inside the store are relative.
+A version is written into a hidden `.incoming-*` folder, fsynced, and renamed into place only when
+it is complete, so a reader never sees half a version, even after a power cut. Paths inside the
+store are relative. metadata.json records each model file's size and sha256, so a damaged file is
+caught before it is activated.
+
+Retention: `python -m backend.store prune --keep N` (and POST /models/prune) removes rejected
+candidates, versions older than the N newest, leftover `.incoming-*` folders and old job logs;
+never the active version, its parent, or a version an unfinished job may be publishing.
 """
 
 from __future__ import annotations
 
+import argparse
+import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from backend.fileio import atomic_write_bytes, atomic_write_json, fsync_dir
+from backend.jobs import CANCELLED, FAILED, REJECTED, UNFINISHED, JobStore
 
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 METADATA_FILE = "metadata.json"
 ACTIVE_FILE = "ACTIVE"
 INCOMING_PREFIX = ".incoming-"
+REMOVING_PREFIX = ".removing-"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-REQUIRED_FILES = (KERAS_FILE, TFLITE_FILE, METADATA_FILE)
+MODEL_FILES = (KERAS_FILE, TFLITE_FILE)
+REQUIRED_FILES = (*MODEL_FILES, METADATA_FILE)
+DEFAULT_KEEP = 5  # versions kept by prune besides the active one and its parent
+LOG_KEEP_DAYS = 30.0  # job logs not written for this long are pruned
+INCOMING_MAX_AGE_MINUTES = 60.0  # an `.incoming-*` folder this old, whose writer is gone, is debris
+UNPROMOTED_JOB_ENDS = (REJECTED, CANCELLED, FAILED)  # a version trained by a job that ended so is a rejected candidate
 
 
 class VersionNotFoundError(LookupError):
     """The named model version is not a complete version in the store."""
+
+
+class CorruptVersionError(ValueError):
+    """A version's files are damaged or do not behave like a digit model."""
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Return a file's size and sha256, as metadata.json records them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+
+
+def seal(path: Path) -> dict[str, Any]:
+    """Flush a written file to disk and return its record."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+    return file_record(path)
+
+
+def process_running(pid: int) -> bool:
+    """Tell whether a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, run by another user
+    return True
 
 
 class ModelStore:
@@ -106,6 +155,7 @@ class ModelStore:
         """Write a version into a hidden folder via `write_files`, then rename it into place.
 
         `write_files(folder)` writes the model files and may return more metadata (e.g. test metrics).
+        Every file and the folder reach the disk before the rename, and the rename before this returns.
         """
         final = self.path(version)
         if final.exists():
@@ -115,10 +165,12 @@ class ModelStore:
         incoming.mkdir()
         try:
             written = write_files(incoming) or {}
-            atomic_write_json(incoming / METADATA_FILE, {"version": version, **metadata, **written})
-            missing = [name for name in REQUIRED_FILES if not (incoming / name).is_file()]
+            missing = [name for name in MODEL_FILES if not (incoming / name).is_file()]
             if missing:
                 raise RuntimeError(f"version {version} is missing {missing}")
+            files = {name: seal(incoming / name) for name in MODEL_FILES}
+            atomic_write_json(incoming / METADATA_FILE, {"version": version, **metadata, **written, "files": files})
+            fsync_dir(incoming)
             os.rename(incoming, final)
             fsync_dir(self.root)
         except BaseException:
@@ -128,9 +180,102 @@ class ModelStore:
 
     def activate(self, version: str) -> None:
         """Point ACTIVE at a complete version with one atomic os.replace."""
+        with self._exclusive():  # a prune cannot remove the version between the check and the write
+            if not self.is_complete(version):
+                raise VersionNotFoundError(f"Model version {version!r} does not exist or is incomplete.")
+            atomic_write_bytes(self.root / ACTIVE_FILE, f"{version}\n".encode())
+
+    def check_files(self, version: str) -> None:
+        """Raise CorruptVersionError unless each model file matches the size and sha256 metadata.json recorded.
+
+        Versions published before hashes were recorded have nothing to compare, and pass.
+        """
+        try:
+            recorded = self.metadata(version).get("files", {})
+            damaged = [name for name in MODEL_FILES if name in recorded
+                       and file_record(self.path(version) / name) != {k: recorded[name][k] for k in ("sha256", "bytes")}]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptVersionError(f"version {version} cannot be read ({type(exc).__name__}: {exc})") from exc
+        if damaged:
+            raise CorruptVersionError(
+                f"{' and '.join(damaged)} of version {version} no longer match the size and sha256 recorded in its "
+                "metadata.json: the files are damaged. Activate another version (GET /models lists them)."
+            )
+
+    def problem(self) -> str | None:
+        """Return why the store cannot serve (for readiness), or None when the active version is readable."""
+        try:
+            os.listdir(self.root)
+            version = self.active_version()
+        except OSError as exc:
+            return f"the model store cannot be read ({type(exc).__name__}: {exc.strerror})"
+        if version is None:
+            return "no model version is active: train one with `python -m backend.train`"
         if not self.is_complete(version):
-            raise VersionNotFoundError(f"Model version {version!r} does not exist or is incomplete.")
-        atomic_write_bytes(self.root / ACTIVE_FILE, f"{version}\n".encode())
+            return f"ACTIVE names version {version!r}, which is missing or incomplete"
+        return None
+
+    def remove(self, version: str) -> None:
+        """Delete a version that is not active; one that is already gone is ignored."""
+        with self._exclusive():
+            self._remove(version)
+
+    def prune(self, keep: int, busy_jobs: set[str], unpromoted_jobs: set[str]) -> list[str]:
+        """Remove rejected candidates and all but the `keep` newest versions; return the removed ids.
+
+        Never removed: the active version, its parent, and versions trained by a job in `busy_jobs`.
+        A rejected candidate is a version whose metadata names a job in `unpromoted_jobs`.
+        """
+        with self._exclusive():
+            versions = self.versions()
+            trained_by = {version: self.metadata(version).get("job") for version in versions}
+            active = self.active_version()
+            protected = {active, self.metadata(active).get("parent")} if active in versions else set()
+            protected |= {version for version, job in trained_by.items() if job in busy_jobs}
+            old = set(versions[: max(0, len(versions) - keep)])
+            doomed = [version for version in versions if version not in protected
+                      and (version in old or trained_by[version] in unpromoted_jobs)]
+            for version in doomed:
+                self._remove(version)
+            for leftover in self.root.glob(f"{REMOVING_PREFIX}*"):  # from a prune that was killed
+                shutil.rmtree(leftover, ignore_errors=True)
+        return doomed
+
+    def prune_incoming(self, max_age_minutes: float) -> list[str]:
+        """Remove `.incoming-*` folders older than `max_age_minutes` whose writing process is gone."""
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - max_age_minutes * 60
+        removed = []
+        for folder in sorted(self.root.glob(f"{INCOMING_PREFIX}*")):
+            writer = folder.name.rsplit("-", 1)[-1]
+            if folder.stat().st_mtime < cutoff and not (writer.isascii() and writer.isdigit() and process_running(int(writer))):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        return removed
+
+    def _remove(self, version: str) -> None:
+        """Hide a version with one rename (readers never see it half-deleted), then delete it; caller holds the lock."""
+        if version == self.active_version():
+            raise ValueError(f"Version {version} is active; activate another one before removing it.")
+        hidden = self.root / f"{REMOVING_PREFIX}{version}-{secrets.token_hex(2)}"
+        try:
+            os.rename(self.path(version), hidden)
+        except FileNotFoundError:
+            return
+        fsync_dir(self.root)
+        shutil.rmtree(hidden)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the store's lock (flock on its folder) so activations and removals never interleave."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def summaries(self) -> list[dict[str, Any]]:
         """Return one short row per version, newest first, for listings."""
@@ -150,3 +295,44 @@ class ModelStore:
                 }
             )
         return rows
+
+
+def prune(models: ModelStore, jobs: JobStore, keep: int = DEFAULT_KEEP, log_days: float = LOG_KEEP_DAYS,
+          incoming_minutes: float = INCOMING_MAX_AGE_MINUTES) -> dict[str, list[str]]:
+    """Apply the retention policy to a model store and its job store; return what was removed."""
+    statuses = jobs.statuses()  # read before listing versions, so a version published meanwhile is not judged
+    busy = {job_id for job_id, status in statuses.items() if status in UNFINISHED}
+    unpromoted = {job_id for job_id, status in statuses.items() if status in UNPROMOTED_JOB_ENDS}
+    return {
+        "versions": models.prune(keep, busy, unpromoted),
+        "incoming": models.prune_incoming(incoming_minutes),
+        "job_logs": jobs.prune_logs(log_days),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `python -m backend.store prune --keep N`."""
+    from backend.config import Settings
+
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m backend.store", description="Maintain the model store.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    pruner = commands.add_parser("prune", help="remove rejected candidates, old versions, leftovers and old job logs")
+    pruner.add_argument("--keep", type=int, default=DEFAULT_KEEP,
+                        help="newest versions to keep besides the active one and its parent (default %(default)s)")
+    pruner.add_argument("--log-days", type=float, default=LOG_KEEP_DAYS,
+                        help="delete job logs of ended jobs not written for this many days (default %(default)s)")
+    pruner.add_argument("--incoming-minutes", type=float, default=INCOMING_MAX_AGE_MINUTES,
+                        help="delete abandoned .incoming-* folders older than this (default %(default)s)")
+    pruner.add_argument("--model-dir", type=Path, default=settings.model_dir, help="default: MODEL_DIR")
+    pruner.add_argument("--data-dir", type=Path, default=settings.data_dir, help="default: DATA_DIR")
+    args = parser.parse_args(argv)
+    if args.keep < 0 or args.log_days < 0 or args.incoming_minutes < 0:
+        parser.error("--keep, --log-days and --incoming-minutes must not be negative")
+    removed = prune(ModelStore(args.model_dir), JobStore(args.data_dir), args.keep, args.log_days, args.incoming_minutes)
+    print(json.dumps(removed, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

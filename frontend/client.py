@@ -17,10 +17,11 @@ import requests
 
 DEFAULT_BACKEND_URL = "http://127.0.0.1:5000"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TOKEN_FILE = REPO_ROOT / "data" / "admin_token"
+TOKEN_FILE_NAME = "admin_token"  # the file the backend writes under its DATA_DIR
 TOKEN_HELP = (
     "Admin actions need the backend's admin token. Set ADMIN_TOKEN (or ADMIN_TOKEN_FILE, a file holding it) "
-    f"in the dashboard's environment, or start the backend once so it writes {DEFAULT_TOKEN_FILE}."
+    "in the dashboard's environment, or start the backend once with the same DATA_DIR so it writes "
+    f"DATA_DIR/{TOKEN_FILE_NAME}."
 )
 # Reads answer in milliseconds; uploads and training submissions get longer.
 READ_TIMEOUT = 10.0
@@ -53,13 +54,17 @@ def backend_url() -> str:
     return (os.environ.get("BACKEND_URL") or DEFAULT_BACKEND_URL).strip().rstrip("/")
 
 
-def admin_token() -> str | None:
-    """Find the admin token: env ADMIN_TOKEN, else the file in ADMIN_TOKEN_FILE, else <repo>/data/admin_token."""
+def local_admin_token() -> str | None:
+    """Find the token on this machine: ADMIN_TOKEN, else the file ADMIN_TOKEN_FILE, else DATA_DIR/admin_token.
+
+    Only a dashboard bound to loopback may use it: anyone who can reach the dashboard acts with it.
+    """
     token = os.environ.get("ADMIN_TOKEN", "").strip()
     if token:
         return token
     named = os.environ.get("ADMIN_TOKEN_FILE", "").strip()
-    path = Path(named).expanduser() if named else DEFAULT_TOKEN_FILE
+    data_dir = os.environ.get("DATA_DIR", "").strip()
+    path = Path(named).expanduser() if named else Path(data_dir or REPO_ROOT / "data").expanduser() / TOKEN_FILE_NAME
     try:
         return path.read_text().strip() or None
     except OSError:
@@ -82,9 +87,10 @@ class Upload:
 class BackendClient:
     """Typed calls to the Digit Lab API over one keep-alive `requests.Session`."""
 
-    def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
+    def __init__(self, base_url: str, session: requests.Session | None = None, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session or requests.Session()
+        self.token = token  # sent only on admin calls
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -92,10 +98,9 @@ class BackendClient:
         """Send one request and return the response, raising BackendError on any failure."""
         headers = kwargs.pop("headers", {})
         if admin:
-            token = admin_token()
-            if not token:
+            if not self.token:
                 raise BackendError(TOKEN_HELP, status=401)
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {self.token}"
         url = f"{self.base_url}{path}"
         try:
             response = self.session.request(method, url, headers=headers, timeout=timeout, **kwargs)
@@ -194,6 +199,20 @@ class BackendClient:
         """POST /jobs/<id>/cancel (admin): stop a queued or running job."""
         return self._json("POST", f"/jobs/{requests.utils.quote(job_id, safe='')}/cancel", admin=True)
 
+    def feedback_records(self, status: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """GET /feedback (admin): the oldest records (optionally of one review status), counts per status, storage used."""
+        params = {key: value for key, value in (("status", status), ("limit", limit)) if value is not None}
+        return self._json("GET", "/feedback", admin=True, params=params)
+
+    def feedback_png(self, feedback_id: str) -> bytes:
+        """GET /feedback/<id>.png (admin): the stored 28x28 model input of one feedback record."""
+        return self._request("GET", f"/feedback/{requests.utils.quote(feedback_id, safe='')}.png", admin=True).content
+
+    def review_feedback(self, feedback_id: str, status: str) -> dict[str, Any]:
+        """POST /feedback/<id>/review (admin): accept or reject one feedback record for training."""
+        return self._json("POST", f"/feedback/{requests.utils.quote(feedback_id, safe='')}/review", admin=True,
+                          json={"status": status})
+
 
 def _error_from(response: requests.Response, method: str, path: str) -> BackendError:
     """Turn a 4xx/5xx response into a BackendError using the API's {"error": ...} text."""
@@ -206,8 +225,8 @@ def _error_from(response: requests.Response, method: str, path: str) -> BackendE
     message = body.get("error")
     if not message:
         message = f"{method} {path} failed with HTTP {response.status_code} {response.reason or ''}".strip()
-    if response.status_code == 401 and admin_token():
-        message = f"{message} The dashboard's token (from ADMIN_TOKEN, ADMIN_TOKEN_FILE or data/admin_token) was refused."
+    if response.status_code == 401 and "Authorization" in response.request.headers:
+        message = f"{message} The dashboard's admin token was refused."
     return BackendError(message, status=response.status_code, body=body)
 
 

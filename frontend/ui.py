@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from client import BackendClient, BackendError, admin_token, backend_url
+from client import TOKEN_HELP, BackendClient, BackendError, backend_url, local_admin_token
 
 T = TypeVar("T")
 
@@ -19,6 +19,8 @@ HEALTH_TTL = 2  # seconds: the sidebar shows a fresh status without a request pe
 LISTING_TTL = 5  # /model and /models change only when someone activates or trains a version
 VERSION_TTL = 600  # a published version's metadata never changes
 DIGITS = [str(d) for d in range(10)]
+LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+TOKEN_KEY = "admin_token"  # where a typed token lives in this browser session's state
 
 
 @st.cache_resource(show_spinner=False)
@@ -28,8 +30,28 @@ def get_client(base_url: str) -> BackendClient:
 
 
 def client() -> BackendClient:
-    """Return the client for the configured BACKEND_URL."""
-    return get_client(backend_url())
+    """Return a client for BACKEND_URL that carries this session's admin token, over the shared HTTP session."""
+    return BackendClient(backend_url(), session=get_client(backend_url()).session, token=admin_token())
+
+
+def dashboard_is_local() -> bool:
+    """Tell whether the dashboard listens on loopback only (Streamlit's default, no address, means every interface)."""
+    address = st.get_option("server.address") or ""
+    return address in LOOPBACK_ADDRESSES or address.startswith("127.")
+
+
+def admin_token() -> str | None:
+    """Return the admin token for this session: the local one on loopback, else only what this user typed."""
+    if dashboard_is_local():
+        return local_admin_token()
+    return st.session_state.get(TOKEN_KEY) or None
+
+
+def token_help() -> str:
+    """Say how to unlock admin actions here: a local token, or typing it into the sidebar."""
+    if dashboard_is_local():
+        return TOKEN_HELP
+    return "Admin actions need the backend's admin token: type it into the 'Admin token' field in the sidebar."
 
 
 @st.cache_data(ttl=HEALTH_TTL, show_spinner=False)
@@ -111,8 +133,13 @@ def sidebar_status() -> dict[str, Any] | None:
         version = health.get("model_version")
         if health.get("status") == "ok":
             st.success(f"Healthy · active version `{version}`", icon=":material/check_circle:")
+        elif version:  # degraded: serving `version`, but could not load the newly activated one
+            st.warning(f"Serving `{version}`, degraded: {health.get('reason')}", icon=":material/warning:")
         else:
             st.warning(f"Up, but no model is active ({health.get('status')}). Train one with `make train`.", icon=":material/warning:")
+        if not dashboard_is_local():
+            st.text_input("Admin token", type="password", key=TOKEN_KEY,
+                          help="This dashboard is reachable from the network, so admin actions need the token typed here.")
         st.caption("Admin token: found" if admin_token() else "Admin token: not set (admin actions are disabled)")
         return health
 

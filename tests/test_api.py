@@ -105,7 +105,11 @@ def test_openapi_and_docs(client):
     assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and b"swagger" in docs.data.lower()
-    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    for asset in ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}".encode() in docs.data  # served by the app: /docs works offline
+    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
+    # Swagger UI 5 reads OpenAPI 3.1 (the 3.x that swagger-ui-bundle shipped showed "Unable to render this definition").
+    assert bundle.status_code == 200 and b'PACKAGE_VERSION:"5.' in bundle.data and spec["openapi"].startswith("3.1")
 
 
 # --- errors: always JSON {"error": ...} with a 4xx, never a 500 -----------------------------
@@ -134,9 +138,11 @@ def huge_png(width: int, height: int) -> bytes:
         ({"json": {"image": "***not base64***"}}, 400, "base64"),
         ({"json": ["not", "an", "object"]}, 400, "'image'"),
         ({"data": "not json", "content_type": "application/json"}, 400, "'image'"),
+        ({"data": "[" * 5000 + "]" * 5000, "content_type": "application/json"}, 400, "'image'"),
+        ({"data": {"file": (io.BytesIO(b"x"), "a.png"), **{f"f{i}": "x" for i in range(1100)}}}, 413, "parts"),
     ],
     ids=["no-field", "wrong-field", "empty", "text", "blank", "bomb", "too-big", "json-no-image", "bad-base64",
-         "json-list", "broken-json"],
+         "json-list", "broken-json", "json-nested-5000-deep", "too-many-form-parts"],
 )
 def test_predict_errors(client, kwargs, status, words):
     response = client.post("/predict", **kwargs)
@@ -176,6 +182,67 @@ def test_server_keeps_serving_after_bad_requests(client, digit):
     for _ in range(3):
         client.post("/predict", data=upload(b"garbage"))
     assert client.post("/predict", data=upload(png_bytes(digit))).status_code == 200
+
+
+# --- request ids and logs ----------------------------------------------------------------------
+
+
+def test_request_id_is_echoed_or_generated(client, digit):
+    for path in ("/health", "/nope"):
+        assert client.get(path, headers={"X-Request-ID": "client-abc.123"}).headers["X-Request-ID"] == "client-abc.123"
+    answer = client.post("/predict", data=upload(b"junk"), headers={"X-Request-ID": "r-1"})
+    assert answer.status_code == 400 and answer.headers["X-Request-ID"] == "r-1"
+    generated = {client.get("/health").headers["X-Request-ID"] for _ in range(3)}
+    assert len(generated) == 3 and all(len(rid) == 32 and int(rid, 16) >= 0 for rid in generated)
+    for odd in ("²".encode().decode("latin-1"), "a b", "x" * 129, "\x7f", "\t"):  # not 1-128 visible ASCII characters
+        replaced = client.get("/health", headers={"X-Request-ID": odd}).headers["X-Request-ID"]
+        assert replaced != odd and len(replaced) == 32
+
+
+def test_unexpected_error_is_a_json_500_and_its_log_carries_the_request_id(app, caplog):
+    @app.get("/boom")
+    def boom() -> dict:
+        raise RuntimeError("simulated bug")
+
+    with caplog.at_level("ERROR", logger="backend.app"):
+        response = app.test_client().get("/boom", headers={"X-Request-ID": "report-me-42"})
+    assert response.status_code == 500 and response.headers["X-Request-ID"] == "report-me-42"
+    assert "report-me-42" in response.json["error"] and response.json["request_id"] == "report-me-42"
+    assert "Traceback" not in response.get_data(as_text=True)
+    [record] = [r for r in caplog.records if r.name == "backend.app"]
+    assert "report-me-42" in record.getMessage() and record.exc_info[0] is RuntimeError
+
+
+def test_json_logs_are_one_object_per_line_with_request_fields(trained_store, tmp_path, capsys, digit):
+    import json
+
+    from backend.app import create_app
+
+    app = create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path / "data", "LOG_FORMAT": "json"})
+
+    @app.get("/boom")
+    def boom() -> dict:
+        raise RuntimeError("simulated bug")
+
+    client = app.test_client()
+    capsys.readouterr()
+    assert client.post("/predict", data=upload(png_bytes(digit)), headers={"X-Request-ID": "json-1"}).status_code == 200
+    assert client.get("/boom", headers={"X-Request-ID": "json-2"}).status_code == 500
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert all({"timestamp", "level", "logger", "message"} <= set(line) for line in lines)
+    [access] = [line for line in lines if line["logger"] == "backend.access" and line["request_id"] == "json-1"]
+    assert access["level"] == "INFO" and access["method"] == "POST" and access["endpoint"] == "/predict"
+    assert access["status"] == 200 and access["latency_ms"] > 0
+    [error] = [line for line in lines if line["level"] == "ERROR"]
+    assert error["request_id"] == "json-2" and "RuntimeError: simulated bug" in error["exception"]
+    assert any(line["logger"] == "backend.access" and line["status"] == 500 for line in lines)
+
+
+def test_unknown_log_format_is_refused(tmp_path):
+    from backend.app import create_app
+
+    with pytest.raises(ValueError, match="LOG_FORMAT"):
+        create_app({"MODEL_DIR": tmp_path, "DATA_DIR": tmp_path / "data", "LOG_FORMAT": "xml"})
 
 
 # --- hot reload inside one worker -------------------------------------------------------------

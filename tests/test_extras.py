@@ -1,18 +1,16 @@
-"""Reading rows of digits, occlusion saliency, and the feedback loop into retraining."""
+"""Reading rows of digits and occlusion saliency (feedback is in test_feedback.py)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from backend.styles import digit_row
-from conftest import ADMIN_TOKEN, png_bytes
-from test_jobs import AUTH, wait_for
+from conftest import png_bytes
 
 
 def upload(data: bytes) -> dict:
@@ -77,48 +75,3 @@ def test_explain_heatmap_highlights_ink(shipped_client, mnist):
 def test_explain_errors(client):
     assert client.post("/explain", data={}).status_code == 400
     assert client.post("/explain", data=upload(b"nope")).status_code == 400
-
-
-def test_feedback_validation(job_client, digit):
-    good = png_bytes(255 - digit)
-    cases = [
-        ({"file": (io.BytesIO(good), "a.png"), "label": "10"}, "label"),
-        ({"file": (io.BytesIO(good), "a.png"), "label": "seven"}, "label"),
-        ({"file": (io.BytesIO(good), "a.png")}, "label"),
-        ({"file": (io.BytesIO(b"not an image"), "a.png"), "label": "7"}, "image"),
-        ({"file": (io.BytesIO(png_bytes(np.full((30, 30), 255))), "a.png"), "label": "7"}, "image"),
-        ({"file": (io.BytesIO(good), "a.png"), "label": "7", "predicted": "x"}, "predicted"),
-        ({"label": "7"}, "file"),
-    ]
-    for form, word in cases:
-        response = job_client.post("/feedback", data=form)
-        assert response.status_code == 400 and word in response.json["error"], (form, response.json)
-    assert job_client.get("/feedback").status_code == 401
-    assert job_client.get("/feedback/export").status_code == 401
-
-
-def test_feedback_round_trip_into_retraining(job_client, mnist):
-    images = {}
-    for i in range(3):
-        data = png_bytes(255 - mnist.x_test[i])
-        response = job_client.post("/feedback", data={"file": (io.BytesIO(data), f"{i}.png"), "label": str(int(mnist.y_test[i])),
-                                                      "predicted": "1", "model_version": "v-test"})
-        assert response.status_code == 201
-        images[response.json["id"]] = (data, int(mnist.y_test[i]))
-
-    records = job_client.get("/feedback", headers=AUTH).json["feedback"]
-    assert {r["id"] for r in records} == set(images)
-    assert all(r["predicted"] == 1 and r["model_version"] == "v-test" for r in records)
-
-    export = job_client.get("/feedback/export", headers=AUTH)
-    assert export.status_code == 200 and export.mimetype == "application/zip"
-    with zipfile.ZipFile(io.BytesIO(export.data)) as archive:
-        for record in records:
-            data, label = images[record["id"]]
-            assert archive.read(f"{label}/{record['path']}") == data  # the image as sent, under its label
-
-    job_id = job_client.post("/retrain", json={"epochs": 1, "include_feedback": True}, headers=AUTH).json["job_id"]
-    job = wait_for(job_client, job_id)
-    assert job["status"] in ("succeeded", "rejected"), job
-    feedback_source = next(s for s in job["result"]["data"]["sources"] if s["name"] == "feedback")
-    assert feedback_source["examples"] == 3

@@ -7,10 +7,12 @@ Tests of endpoints the backend may not have yet skip with the reason when the en
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import zipfile
@@ -86,16 +88,27 @@ def backend_url(frontend_store, tiny_mnist_path, tmp_path_factory) -> Iterator[s
     server.shutdown()
 
 
+@contextlib.contextmanager
+def bind_dashboard(address: str | None) -> Iterator[None]:
+    """Run the dashboard as if started with `--server.address address` (None: every interface)."""
+    from streamlit import config
+
+    config.set_option("server.address", address)
+    yield
+    config.set_option("server.address", None)
+
+
 @pytest.fixture()
-def dashboard_env(backend_url, monkeypatch) -> str:
-    """Point the dashboard at the test backend with the right admin token; start with empty caches."""
+def dashboard_env(backend_url, monkeypatch) -> Iterator[str]:
+    """Point the dashboard, bound to loopback as `make run` does, at the test backend with the admin token."""
     import streamlit as st
 
     monkeypatch.setenv("BACKEND_URL", backend_url)
     monkeypatch.setenv("ADMIN_TOKEN", TOKEN)
     monkeypatch.delenv("ADMIN_TOKEN_FILE", raising=False)
     st.cache_data.clear()
-    return backend_url
+    with bind_dashboard("127.0.0.1"):
+        yield backend_url
 
 
 def open_page(page: str = "predict") -> AppTest:
@@ -370,18 +383,49 @@ def test_missing_token_disables_admin_actions_and_says_how_to_set_it(dashboard_e
     assert find_text(models.main.warning, "Set ADMIN_TOKEN")
 
 
-def test_token_is_read_from_env_then_token_file(monkeypatch, tmp_path):
-    from frontend.client import admin_token
+def test_token_is_read_from_env_then_token_file_then_data_dir(monkeypatch, tmp_path):
+    from frontend.client import local_admin_token
 
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
     monkeypatch.setenv("ADMIN_TOKEN_FILE", str(token_file))
     monkeypatch.setenv("ADMIN_TOKEN", "from-env")
-    assert admin_token() == "from-env"
+    assert local_admin_token() == "from-env"
     monkeypatch.delenv("ADMIN_TOKEN")
-    assert admin_token() == "from-file"
+    assert local_admin_token() == "from-file"
     monkeypatch.setenv("ADMIN_TOKEN_FILE", str(tmp_path / "missing"))
-    assert admin_token() is None
+    assert local_admin_token() is None
+    monkeypatch.delenv("ADMIN_TOKEN_FILE")
+    (tmp_path / "custom-data").mkdir()
+    (tmp_path / "custom-data" / "admin_token").write_text("from-data-dir\n")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "custom-data"))  # `make run` with a custom DATA_DIR
+    assert local_admin_token() == "from-data-dir"
+
+
+def test_a_dashboard_open_to_the_network_asks_for_the_token(backend_url, monkeypatch, tmp_path):
+    import streamlit as st
+
+    monkeypatch.setenv("BACKEND_URL", backend_url)
+    monkeypatch.setenv("ADMIN_TOKEN", TOKEN)  # on disk or in the environment: never used beyond loopback
+    st.cache_data.clear()
+    for address in (None, "0.0.0.0"):
+        with bind_dashboard(address):
+            at = open_page("retrain")
+            assert find_text(at.sidebar.caption, "Admin token: not set")
+            assert find_text(at.main.warning, "type it into the 'Admin token' field")
+            assert all(b.disabled for b in at.button if b.label in ("Start retraining", "Upload and retrain"))
+            field = next(t for t in at.sidebar.text_input if t.label == "Admin token")
+            field.input(TOKEN).run()
+            assert find_text(at.sidebar.caption, "Admin token: found")
+            assert not any(b.disabled for b in at.button if b.label in ("Start retraining", "Upload and retrain"))
+
+
+def test_make_run_binds_backend_and_dashboard_to_loopback():
+    commands = subprocess.run(["make", "-n", "run"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--bind 127.0.0.1:5000" in commands and "--server.address 127.0.0.1" in commands
+    opened = subprocess.run(["make", "-n", "run", "DASHBOARD_ADDRESS=0.0.0.0", "BACKEND_BIND=0.0.0.0:5000"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--bind 0.0.0.0:5000" in opened and "--server.address 0.0.0.0" in opened
 
 
 # -- Metrics --------------------------------------------------------------------------------------
@@ -466,3 +510,34 @@ def test_activate_needs_confirmation_then_switches_and_rolls_back(dashboard_env,
     at.button(key="ask-activate").click().run()
     at.button(key="confirm-activate").click().run()
     assert frontend_store.active_version() == original
+
+
+def test_models_page_reviews_pending_feedback(dashboard_env, mnist, monkeypatch):
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    ids = []
+    for index in (5, 6):
+        answer = requests.post(f"{dashboard_env}/feedback", files={"file": ("digit.png", digit_png(mnist, index), "image/png")},
+                               data={"label": str(int(mnist.y_test[index]))}, timeout=10)
+        assert answer.status_code in (200, 201), answer.text
+        ids.append(answer.json()["id"])
+    at = open_page("models")
+    assert "Feedback review" in texts(at.subheader)
+    assert all(at.button(key=f"accepted-{i}") and at.button(key=f"rejected-{i}") for i in ids)
+    assert len(at.get("image")) >= 2  # the stored 28x28 inputs, fetched with the admin token
+    assert find_text(at.main.markdown, f"Right digit **{int(mnist.y_test[5])}**")
+
+    at.button(key=f"accepted-{ids[0]}").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert find_text(at.main.success, f"Feedback `{ids[0]}` accepted.")
+    at.button(key=f"rejected-{ids[1]}").click().run()
+    assert find_text(at.main.success, f"Feedback `{ids[1]}` rejected.")
+    states = {r["id"]: r["status"] for r in requests.get(f"{dashboard_env}/feedback", headers=admin, timeout=10).json()["feedback"]}
+    assert (states[ids[0]], states[ids[1]]) == ("accepted", "rejected")
+    assert not any(b.key in (f"accepted-{ids[0]}", f"rejected-{ids[1]}") for b in at.button)  # no longer pending
+
+    # Without the token the section says how to get one and offers no buttons.
+    monkeypatch.delenv("ADMIN_TOKEN")
+    monkeypatch.setenv("ADMIN_TOKEN_FILE", "/nonexistent/admin_token")
+    locked = open_page("models")
+    assert not any((b.key or "").startswith(("accepted-", "rejected-")) for b in locked.button)
+    assert sum("admin token" in text for text in texts(locked.main.warning)) >= 2  # activation and feedback review

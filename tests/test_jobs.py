@@ -185,7 +185,7 @@ def test_jobs_survive_restart_and_dead_ones_are_failed(job_app, trained_store):
     orphan = jobs.create("retrain", {"epochs": 1}, 1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    jobs.update(orphan["id"], status="running", pid=dead.pid)
+    assert jobs.start(orphan["id"], dead.pid)
     assert not process_alive(dead.pid)
 
     restarted = create_app({"MODEL_DIR": job_app.config["MODEL_DIR"], "DATA_DIR": data_dir,

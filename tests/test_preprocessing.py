@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 from scipy import ndimage
 
 from backend.preprocessing import (
@@ -14,6 +14,8 @@ from backend.preprocessing import (
     InvalidImageError,
     MNIST_CENTRE,
     decode_image,
+    decoded_pixels,
+    open_image,
     preprocess_bytes,
     preprocess_gray,
 )
@@ -91,13 +93,16 @@ def test_every_supported_format(digit, reference, fmt):
     assert correlation(preprocess_bytes(encode(image, fmt)), reference) > 0.85
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "CMYK", "1", "LA", "I"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "CMYK", "1", "LA", "I", "F", "YCbCr", "LAB"])
 def test_every_image_mode(digit, reference, mode):
     image = Image.fromarray(255 - digit).resize((112, 112))
     if mode == "I;16":
         data = encode(Image.fromarray(np.asarray(image, np.uint16) * 257), "PNG")
+    elif mode == "LAB":  # Pillow reaches LAB only through a colour transform, and cannot convert it back
+        to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+        data = encode(ImageCms.applyTransform(image.convert("RGB"), to_lab), "TIFF")
     else:
-        data = encode(image.convert(mode), "TIFF" if mode in ("CMYK", "I") else "PNG")
+        data = encode(image.convert(mode), "PNG" if mode in ("L", "RGB", "RGBA", "P", "1", "LA") else "TIFF")
     assert decode_image(data).mode.startswith(mode[0])
     assert correlation(preprocess_bytes(data), reference) > 0.8
 
@@ -151,7 +156,18 @@ def test_pixel_limit_refuses_before_decoding():
     huge = encode(Image.new("L", (5000, 5000), 255))
     with pytest.raises(InvalidImageError) as info:
         decode_image(huge, max_pixels=1_000_000)
-    assert info.value.status == 413
+    assert info.value.status == 413 and "MAX_IMAGE_PIXELS" in info.value.message
+
+
+def test_default_pixel_limit_fits_a_phone_photo_and_no_more():
+    assert decoded_pixels(open_image(encode(Image.new("L", (4000, 3000), 255)))) == 12_000_000
+    with pytest.raises(InvalidImageError):
+        open_image(encode(Image.new("L", (4000, 3001), 255)))
+
+
+def test_a_big_jpeg_is_costed_at_its_reduced_decoding_size():
+    photo = open_image(encode(Image.new("RGB", (4000, 3000), "white"), "JPEG"))
+    assert decoded_pixels(photo) <= 2000 * 1500
 
 
 def test_float_image_with_nan_and_inf_is_read_as_dark(digit):

@@ -135,3 +135,42 @@ def test_store_folder_can_be_moved(tmp_path):
     moved = ModelStore(tmp_path / "b")
     assert moved.active_version() == "v1" and moved.metadata("v1")["version"] == "v1"
     assert str(tmp_path) not in (tmp_path / "b" / "v1" / "metadata.json").read_text()
+
+
+def test_publish_records_file_hashes_and_check_files_catches_damage(tmp_path):
+    import hashlib
+
+    from backend.store import CorruptVersionError
+
+    store = ModelStore(tmp_path)
+    publish_dummy(store, "v1")
+    files = store.metadata("v1")["files"]
+    assert files["model.tflite"] == {"sha256": hashlib.sha256(b"tflite").hexdigest(), "bytes": 6}
+    assert set(files) == {"model.keras", "model.tflite"}
+    store.check_files("v1")
+    (tmp_path / "v1" / "model.tflite").write_bytes(b"tflitX")  # same size, other bytes
+    with pytest.raises(CorruptVersionError, match="model.tflite of version v1"):
+        store.check_files("v1")
+    (tmp_path / "v1" / "metadata.json").write_text("{not json")
+    with pytest.raises(CorruptVersionError, match="cannot be read"):
+        store.check_files("v1")
+
+
+def test_publish_flushes_every_file_and_folder_before_the_rename(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    real_rename = os.rename
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "rename", lambda src, dst: (synced.append("rename"), real_rename(src, dst)))
+    publish_dummy(ModelStore(tmp_path), "v1")
+    renamed = synced.index("rename")
+    before, after = [Path(p) for p in synced[:renamed]], synced[renamed + 1:]
+    incoming = next(p for p in before if p.name.startswith(INCOMING_PREFIX))
+    assert {incoming / "model.keras", incoming / "model.tflite", incoming} <= set(before)
+    assert any(p.parent == incoming and "metadata.json" in p.name for p in before)  # its temp file, then os.replace
+    assert after == [str(tmp_path)]  # the store folder, so the rename itself is durable

@@ -1,27 +1,44 @@
-"""Read-only model endpoints and operational ones: health, the active model, the version list, metrics."""
+"""Read-only model endpoints and operational ones: health, readiness, the active model, the version list,
+metrics, and the retention policy (prune)."""
 
 from __future__ import annotations
 
 from apiflask import APIBlueprint, abort
 from flask import Response
 
-from backend.api.schemas import Health, ModelList, ModelMetadata, error_responses
+from backend.api.auth import auth
+from backend.api.schemas import Health, ModelList, ModelMetadata, PruneRequest, PruneResult, error_responses
 from backend.api.services import services
 from backend.observability import metrics_response
-from backend.store import VersionNotFoundError
+from backend.store import VersionNotFoundError, prune
 
 bp = APIBlueprint("models", __name__, tag="Models")
 
 
 @bp.get("/health")
 @bp.output(Health)
-@bp.doc(summary="Liveness and the model version this worker serves", responses={503: {"description": "No model is active", "content": {"application/json": {"schema": Health}}}})
+@bp.doc(summary="Liveness and the model version this worker serves",
+        description="200 with `ok`, or `degraded` and a `reason` while the worker serves an older version than "
+                    "ACTIVE names because the new one failed to load. 503 `no-model` while it has no model at all.",
+        responses={503: {"description": "No model is loaded", "content": {"application/json": {"schema": Health}}}})
 def health() -> tuple[dict, int]:
-    """Report whether a model is loaded, and which."""
+    """Report whether a model is loaded, which, and whether it is the one ACTIVE names."""
+    state = services().model.health()
+    return state, 503 if state["status"] == "no-model" else 200
+
+
+@bp.get("/ready")
+@bp.output(Health)
+@bp.doc(summary="Readiness: a model is loaded and the model store is readable",
+        description="For load balancers and orchestrators: route traffic here only on 200.",
+        responses={503: {"description": "Not ready, with the reason", "content": {"application/json": {"schema": Health}}}})
+def ready() -> tuple[dict, int]:
+    """Report whether this worker can serve predictions now."""
     model = services().model.current()
-    if model is None:
-        return {"status": "no-model", "model_version": None}, 503
-    return {"status": "ok", "model_version": model.version}, 200
+    reason = services().model.health()["reason"] if model is None else services().store.problem()
+    if reason is not None:
+        return {"status": "not-ready", "model_version": getattr(model, "version", None), "reason": reason}, 503
+    return {"status": "ready", "model_version": model.version}, 200
 
 
 @bp.get("/model")
@@ -61,3 +78,16 @@ def model_version(version: str) -> dict:
 def metrics() -> Response:
     """Expose request, prediction and model-reload metrics for Prometheus."""
     return metrics_response()
+
+
+@bp.post("/models/prune")
+@bp.auth_required(auth)
+@bp.input(PruneRequest, location="json", arg_name="options")
+@bp.output(PruneResult)
+@bp.doc(summary="Apply the retention policy: remove rejected candidates, old versions, leftovers and old job logs",
+        description="Never removes the active version, its parent, or a version an unfinished job may be publishing. "
+                    "The same as `python -m backend.store prune --keep N`.",
+        responses=error_responses({400: "Bad options", 401: "Missing or wrong admin token"}))
+def prune_models(options: dict) -> dict:
+    """Remove what the retention policy no longer keeps, and list it."""
+    return prune(services().store, services().jobs, keep=options["keep"], log_days=options["log_days"])

@@ -9,27 +9,30 @@ import time
 import numpy as np
 from apiflask import APIBlueprint, abort
 from flask import current_app, request
+from PIL import Image
 
+from backend import budget
 from backend.api.schemas import BatchPrediction, BatchUpload, ImageUpload, Prediction, PredictQuery, error_responses
 from backend.api.services import services
 from backend.inference import LiteModel
 from backend.observability import record_predictions
-from backend.preprocessing import InvalidImageError, preprocess_bytes
+from backend.preprocessing import MNIST_SIDE, InvalidImageError, decoded_pixels, load_image, open_image, preprocess_image
 
 bp = APIBlueprint("predict", __name__, tag="Predict")
 
 ERRORS = error_responses(
     {
         400: "Missing field, or an image that cannot be read",
-        413: "Upload over MAX_UPLOAD_MB, or an image over the pixel limit",
+        413: "Upload over MAX_UPLOAD_MB, or an image over MAX_IMAGE_PIXELS (a batch over MAX_BATCH_PIXELS)",
         422: "A blank image: no digit stands out",
-        503: "No model version is active yet",
+        503: "No model version is active yet, or the request ran over its time budget (see Retry-After)",
     }
 )
+MAX_FIELDS_NAMED = 5  # an error names a few of the fields received, never thousands
 SEND_INSTEAD = "Send the image as multipart/form-data field 'file', or as JSON {\"image\": \"<base64>\"}."
 
 
-def _image_from_request() -> bytes:
+def image_from_request() -> bytes:
     """Return the uploaded image bytes from multipart field `file` or JSON `image`."""
     if request.is_json:
         payload = request.get_json(silent=True)
@@ -45,20 +48,43 @@ def _image_from_request() -> bytes:
     upload = request.files.get("file")
     if upload is None:
         received = sorted(request.files) or sorted(request.form)
-        found = f" (received fields: {', '.join(received)})" if received else ""
+        named = ", ".join(name[:40] for name in received[:MAX_FIELDS_NAMED])
+        more = f" and {len(received) - MAX_FIELDS_NAMED} more" if len(received) > MAX_FIELDS_NAMED else ""
+        found = f" (received fields: {named}{more})" if received else ""
         abort(400, f"No image in field 'file'{found}. {SEND_INSTEAD}")
     return upload.read()
 
 
-def _stem(data: bytes, label: str = "") -> np.ndarray:
-    """Run the stem, turning its error into a JSON 4xx."""
+def open_upload(data: bytes, label: str = "") -> Image.Image:
+    """Read an upload's header only, turning a refusal into a JSON 4xx."""
     try:
-        return preprocess_bytes(data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+        return open_image(data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
     except InvalidImageError as exc:
         abort(exc.status, f"{label}{exc.message}")
 
 
-def _served_model() -> LiteModel:
+def stem_images(images: list[Image.Image], labels: list[str]) -> np.ndarray:
+    """Decode opened images and run the stem on each, within the request's time budget and the heavy-image lane."""
+    inputs = np.zeros((len(images), MNIST_SIDE, MNIST_SIDE), np.float32)
+    pixels = sum(decoded_pixels(image) for image in images)
+    with budget.heavy_lane(pixels, current_app.config["HEAVY_IMAGE_PIXELS"]):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            try:
+                inputs[i] = preprocess_image(load_image(image))
+            except InvalidImageError as exc:
+                abort(exc.status, f"{label}{exc.message}")
+            finally:
+                image.close()  # free the decoded pixels now, not when the whole batch is done
+            budget.check("the batch")
+    return inputs
+
+
+def stem_upload(data: bytes) -> np.ndarray:
+    """Run one uploaded image through the stem, answering any refusal as JSON."""
+    return stem_images([open_upload(data)], [""])[0]
+
+
+def served_model() -> LiteModel:
     """Return the model for this request, or a 503 when none is active."""
     model = services().model.current()
     if model is None:
@@ -94,8 +120,8 @@ def predict(files_data: dict, query: dict) -> dict:
     include = request.args.get("include")
     if include not in (None, "input"):
         abort(400, f"query.include: must be 'input' (got {include!r}).")
-    model_input = _stem(_image_from_request())
-    model = _served_model()
+    model_input = stem_upload(image_from_request())
+    model = served_model()
     started = time.perf_counter()
     probabilities = model.predict(model_input[np.newaxis])[0]
     inference_ms = (time.perf_counter() - started) * 1000
@@ -115,8 +141,15 @@ def predict_batch(files_data: dict) -> dict:
         abort(400, "No images in the repeated multipart field 'files': send one or more image files as 'files'.")
     if len(uploads) > limit:
         abort(413, f"{len(uploads)} files is over the batch limit of {limit}: split them into smaller batches.")
-    inputs = np.stack([_stem(upload.read(), f"files[{i}] ({upload.filename}): ") for i, upload in enumerate(uploads)])
-    model = _served_model()
+    labels = [f"files[{i}] ({upload.filename}): " for i, upload in enumerate(uploads)]
+    images = [open_upload(upload.read(), label) for upload, label in zip(uploads, labels)]
+    pixels = sum(decoded_pixels(image) for image in images)
+    batch_limit = current_app.config["MAX_BATCH_PIXELS"]
+    if pixels > batch_limit:
+        abort(413, f"The batch holds {pixels:,} pixels, over the limit of {batch_limit:,} (MAX_BATCH_PIXELS): "
+                   "send smaller images, or split them into smaller batches.")
+    inputs = stem_images(images, labels)
+    model = served_model()
     started = time.perf_counter()
     probabilities = model.predict(inputs)
     inference_ms = (time.perf_counter() - started) * 1000 / len(inputs)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from apiflask import Schema, fields
-from apiflask.validators import OneOf, Range
+from apiflask.validators import Length, OneOf, Range, Regexp
+
+from backend.feedback import MAX_TEXT_CHARS, STATUSES
+from backend.jobs import DEFAULT_EPOCHS, MAX_EPOCHS
+from backend.jobs import STATUSES as JOB_STATUSES
+from backend.store import DEFAULT_KEEP, LOG_KEEP_DAYS
 
 
 class Error(Schema):
@@ -67,10 +72,28 @@ class BatchPrediction(Schema):
 
 
 class Health(Schema):
-    """Liveness and the served model."""
+    """Liveness (or readiness) and the served model."""
 
-    status = fields.String(required=True)
+    status = fields.String(required=True, validate=OneOf(["ok", "degraded", "no-model", "ready", "not-ready"]))
     model_version = fields.String(allow_none=True, required=True)
+    reason = fields.String(metadata={"description": "Why the worker is degraded or not ready; absent when all is well."})
+
+
+class PruneRequest(Schema):
+    """What the retention policy keeps; all optional."""
+
+    keep = fields.Integer(load_default=DEFAULT_KEEP, validate=Range(0, 10_000),
+                          metadata={"description": "Newest versions kept besides the active one and its parent."})
+    log_days = fields.Float(load_default=LOG_KEEP_DAYS, validate=Range(0, 36_500),
+                            metadata={"description": "Job logs of ended jobs not written for this many days are deleted."})
+
+
+class PruneResult(Schema):
+    """What a prune removed."""
+
+    versions = fields.List(fields.String(), required=True, metadata={"description": "Removed model versions."})
+    incoming = fields.List(fields.String(), required=True, metadata={"description": "Removed abandoned .incoming-* folders."})
+    job_logs = fields.List(fields.String(), required=True, metadata={"description": "Removed job log files."})
 
 
 class ModelSummary(Schema):
@@ -113,7 +136,8 @@ class ModelMetadata(Schema):
 class RetrainRequest(Schema):
     """Options of a retraining job; all optional."""
 
-    epochs = fields.Integer(load_default=None, validate=Range(1, 100), allow_none=True)
+    epochs = fields.Integer(load_default=None, validate=Range(1, MAX_EPOCHS), allow_none=True, metadata={
+        "description": f"Default {DEFAULT_EPOCHS['active']} from the active model, {DEFAULT_EPOCHS['scratch']} from scratch."})
     from_ = fields.String(data_key="from", load_default="active", validate=OneOf(["scratch", "active"]))
     include_uploads = fields.Boolean(load_default=False)
     include_feedback = fields.Boolean(load_default=False)
@@ -125,7 +149,8 @@ class ZipUpload(Schema):
 
     file = fields.File(metadata={"description": "ZIP with folders 0-9 of digit images (at its root or in one top folder)."})
     zipfile = fields.File(metadata={"description": "Accepted instead of `file` for older clients."})
-    epochs = fields.Integer(validate=Range(1, 100), metadata={"description": "Fine-tuning epochs (default 4)."})
+    epochs = fields.Integer(validate=Range(1, MAX_EPOCHS),
+                            metadata={"description": f"Fine-tuning epochs, ASCII digits (default {DEFAULT_EPOCHS['upload']})."})
 
 
 class SkippedFile(Schema):
@@ -160,7 +185,7 @@ class Job(Schema):
 
     id = fields.String(required=True)
     kind = fields.String(required=True)
-    status = fields.String(required=True, validate=OneOf(["queued", "running", "succeeded", "rejected", "failed", "cancelled"]))
+    status = fields.String(required=True, validate=OneOf(JOB_STATUSES))
     params = fields.Dict()
     created = fields.String()
     started = fields.String(allow_none=True)
@@ -219,19 +244,24 @@ class Explanation(Schema):
     model_version = fields.String(required=True)
 
 
+DIGIT_PATTERN = "^[0-9]$"  # one ASCII digit: str.isdigit() would also let through '²' or '٣'
+
+
 class FeedbackForm(Schema):
     """A wrongly predicted image and its right label."""
 
-    file = fields.File(required=True)
-    label = fields.Integer(required=True, validate=Range(0, 9))
-    predicted = fields.Integer(validate=Range(0, 9))
-    model_version = fields.String()
+    file = fields.File(required=True, metadata={"description": "The image as sent to /predict; only its 28x28 model input is kept."})
+    label = fields.String(required=True, validate=Regexp(DIGIT_PATTERN), metadata={"description": "The right digit, ASCII 0-9."})
+    predicted = fields.String(validate=Regexp(DIGIT_PATTERN), metadata={"description": "What the model answered, ASCII 0-9."})
+    model_version = fields.String(validate=Length(max=MAX_TEXT_CHARS), metadata={"description": "The version that answered."})
 
 
 class FeedbackCreated(Schema):
-    """The stored feedback record's id."""
+    """The stored (or already stored) feedback record."""
 
     id = fields.String(required=True)
+    status = fields.String(required=True, validate=OneOf(STATUSES))
+    duplicate = fields.Boolean(required=True, metadata={"description": "True when the same image and label were already stored."})
 
 
 class FeedbackRecord(Schema):
@@ -244,10 +274,29 @@ class FeedbackRecord(Schema):
     model_version = fields.String(allow_none=True)
     filename = fields.String(allow_none=True)
     path = fields.String()
-    sha256 = fields.String()
+    sha256 = fields.String(metadata={"description": "Hash of the stored 28x28 grey levels (the dedupe key, with label)."})
+    status = fields.String(validate=OneOf(STATUSES), metadata={"description": "Review state; only accepted feedback is trained on."})
+    bytes = fields.Integer(metadata={"description": "Stored size, counted against FEEDBACK_MAX_MB."})
 
 
 class FeedbackList(Schema):
-    """All feedback, oldest first."""
+    """Feedback records, oldest first, and the storage they use."""
 
     feedback = fields.List(fields.Nested(FeedbackRecord), required=True)
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
+                         metadata={"description": "Records per review status, whatever the filter."})
+    used_bytes = fields.Integer(required=True)
+    quota_bytes = fields.Integer(required=True, metadata={"description": "FEEDBACK_MAX_MB in bytes."})
+
+
+class FeedbackQuery(Schema):
+    """Which feedback to list or export."""
+
+    status = fields.String(load_default=None, validate=OneOf(STATUSES), metadata={"description": "Only records in this review state."})
+    limit = fields.Integer(load_default=None, validate=Range(1, 100_000), metadata={"description": "At most this many, oldest first."})
+
+
+class FeedbackReview(Schema):
+    """An admin's verdict on one feedback record."""
+
+    status = fields.String(required=True, validate=OneOf(STATUSES))

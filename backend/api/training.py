@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 from apiflask import APIBlueprint, abort
 from flask import current_app, request, url_for
 
+from backend import budget
 from backend.api.auth import auth
 from backend.api.schemas import (
     Activation, DatasetList, Job, JobAccepted, JobList, RetrainRequest, ZipUpload, error_responses,
 )
 from backend.api.services import services
 from backend.data import DatasetRejectedError, ZipLimits, dataset_summary, ingest_zip, list_datasets
-from backend.jobs import JobConflictError, JobNotFoundError, JobStore, launch
-from backend.retraining import MAX_EPOCHS, default_epochs
-from backend.store import VersionNotFoundError
+from backend.inference import verify_version
+from backend.jobs import (
+    MAX_EPOCHS, UNFINISHED, JobAlreadyEndedError, JobConflictError, JobNotFoundError, JobStore, default_epochs, launch,
+)
+from backend.store import CorruptVersionError, VersionNotFoundError
 
 bp = APIBlueprint("training", __name__, tag="Training")
 
@@ -75,13 +80,15 @@ def upload_and_retrain(files_data: dict) -> tuple[dict, int]:
     if upload is None:
         abort(400, "No ZIP in multipart field 'file' (or 'zipfile'): send a .zip with folders 0-9.")
     epochs_field = request.form.get("epochs", "")
-    if epochs_field and (not epochs_field.isdigit() or not 1 <= int(epochs_field) <= MAX_EPOCHS):
-        abort(400, f"'epochs' must be a whole number from 1 to {MAX_EPOCHS}.")
-    running = [job for job in _jobs().list(limit=5) if job["status"] in ("queued", "running")]
+    # ASCII digits only: str.isdigit() accepts '²', which int() then refuses.
+    if epochs_field and (not re.fullmatch(r"[0-9]{1,9}", epochs_field) or not 1 <= int(epochs_field) <= MAX_EPOCHS):
+        abort(400, f"'epochs' must be a whole number from 1 to {MAX_EPOCHS}, in ASCII digits.")
+    running = [job for job in _jobs().list(limit=5) if job["status"] in UNFINISHED]
     if running:  # refuse before storing anything
         return _conflict(JobConflictError(running[0]["id"]))
     config = current_app.config
     limits = ZipLimits(config["ZIP_MAX_ENTRIES"], int(config["ZIP_MAX_MB"] * 1024 * 1024), config["ZIP_MAX_RATIO"])
+    budget.start(None)  # an admin's ZIP of thousands of images takes longer; the ZIP limits bound it instead
     try:
         manifest = ingest_zip(upload.read(), config["DATA_DIR"] / "datasets", limits, upload.filename or "upload.zip")
     except DatasetRejectedError as exc:
@@ -120,28 +127,38 @@ def get_job(job_id: str) -> dict:
 @bp.auth_required(auth)
 @bp.output(Job)
 @bp.doc(summary="Cancel a queued or running job (the active model is never changed)",
-        responses=error_responses({401: "Missing or wrong admin token", 404: "No such job"}))
+        description="The job ends `cancelled` at once and its process is stopped. A job that already ended "
+                    "another way (e.g. it promoted its candidate a moment earlier) is left as it is: 409 says what happened.",
+        responses=error_responses({401: "Missing or wrong admin token", 404: "No such job", 409: "The job already ended"}))
 def cancel_job(job_id: str) -> dict:
     """Cancel a job."""
     try:
         return _jobs().cancel(job_id)
     except JobNotFoundError as exc:
         abort(404, str(exc))
+    except JobAlreadyEndedError as exc:
+        abort(409, str(exc))
 
 
 @bp.post("/models/<version>/activate")
 @bp.auth_required(auth)
 @bp.output(Activation)
 @bp.doc(summary="Make a stored version active (promotion by hand, or rollback)",
-        responses=error_responses({401: "Missing or wrong admin token", 404: "No such version"}))
+        description="The version is checked first: its file hashes, a LiteRT load, its shapes and a probe prediction. "
+                    "A damaged version is refused with 422 and ACTIVE is left as it was.",
+        responses=error_responses({401: "Missing or wrong admin token", 404: "No such version",
+                                   422: "The version is damaged or is not a digit model"}))
 def activate(version: str) -> dict:
-    """Point ACTIVE at a version; every worker serves it on its next request."""
+    """Point ACTIVE at a verified version; every worker serves it on its next request."""
     store = services().store
     previous = store.active_version()
     try:
+        verify_version(store, version)
         store.activate(version)
     except VersionNotFoundError as exc:
         abort(404, f"{exc} GET /models lists the versions.")
+    except CorruptVersionError as exc:
+        abort(422, f"Version {version} was not activated: {exc}")
     return {"active": version, "previous": previous}
 
 

@@ -1,14 +1,24 @@
-"""Models page: every stored version with metrics and provenance; activate or roll back after confirming."""
+"""Models page: every stored version with metrics and provenance; activate or roll back after confirming; review feedback."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
-from client import TOKEN_HELP, BackendError, admin_token, backend_url
-from ui import attempt, cached_model, cached_models, client, plain_reason, refresh_model_caches, short_time, show_error, sources_text
+from client import BackendError, backend_url
+from ui import (
+    admin_token, attempt, cached_model, cached_models, client, plain_reason, png, refresh_model_caches, short_time,
+    show_error, sources_text, token_help,
+)
+
+PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"  # the API's feedback review states
+REVIEW_BATCH = 12  # pending feedback shown at once: each row fetches its thumbnail
+THUMBNAIL_SCALE = 3  # 28x28 inputs shown at 84 px, pixels kept sharp
 
 
 def versions_table(listing: dict[str, Any]) -> pd.DataFrame:
@@ -88,7 +98,7 @@ def activation_controls(listing: dict[str, Any]) -> None:
         st.caption("There is no other version to switch to.")
         return
     if admin_token() is None:
-        st.warning(TOKEN_HELP, icon=":material/key:")
+        st.warning(token_help(), icon=":material/key:")
         return
     # Default to the active version's parent (a rollback), else the newest other version.
     parent = next((row.get("parent") for row in listing["versions"] if row["version"] == active), None)
@@ -135,6 +145,56 @@ def switch_to(version: str) -> bool:
     return True
 
 
+def feedback_review() -> None:
+    """Pending feedback with the 28x28 input it would train on; an admin accepts or rejects each one."""
+    st.subheader("Feedback review")
+    st.caption("Corrections sent from the Predict page wait here: only accepted ones are used by "
+               "retraining with feedback.")
+    if admin_token() is None:
+        st.warning(token_help(), icon=":material/key:")
+        return
+    reviewed = st.session_state.pop("feedback_reviewed", None)
+    if reviewed:
+        st.success(f"Feedback `{reviewed['id']}` {reviewed['status']}.", icon=":material/check_circle:")
+    listing = attempt(client().feedback_records, PENDING, REVIEW_BATCH)
+    if listing is None:
+        return
+    shown = listing.get("feedback", [])
+    counts = listing.get("counts", {})
+    storage = (f"{counts.get(ACCEPTED, 0)} accepted, {counts.get(REJECTED, 0)} rejected; storage "
+               f"{listing.get('used_bytes', 0) / 1e6:.2f} of {listing.get('quota_bytes', 0) / 1e6:.0f} MB")
+    if not shown:
+        st.caption(f"Nothing waits for review ({storage}).")
+        return
+    st.caption(f"{counts.get(PENDING, len(shown))} pending, oldest first; showing {len(shown)} ({storage}).")
+    for record in shown:
+        feedback_row(record)
+
+
+def feedback_row(record: dict[str, Any]) -> None:
+    """One pending item: thumbnail, right label, what the model said, and Accept/Reject."""
+    feedback_id = record["id"]
+    thumbnail, details, accept, reject = st.columns([1, 4, 1, 1], vertical_alignment="center")
+    try:
+        data = client().feedback_png(feedback_id)
+        thumbnail.image(png(np.asarray(Image.open(io.BytesIO(data)).convert("L")), scale=THUMBNAIL_SCALE))
+    except BackendError as exc:
+        thumbnail.caption(f"no image: {exc.message}")
+    predicted = record.get("predicted")
+    details.markdown(f"Right digit **{record['label']}** · model said **{'?' if predicted is None else predicted}** "
+                     f"(`{record.get('model_version') or 'unknown version'}`) · {short_time(record.get('created'))} · "
+                     f"`{feedback_id}`")
+    for column, status, label in ((accept, ACCEPTED, "Accept"), (reject, REJECTED, "Reject")):
+        if column.button(label, key=f"{status}-{feedback_id}"):
+            try:
+                client().review_feedback(feedback_id, status)
+            except BackendError as exc:
+                show_error(exc)
+                return
+            st.session_state["feedback_reviewed"] = {"id": feedback_id, "status": status}
+            st.rerun()
+
+
 st.title("Models")
 done = st.session_state.pop("activation_done", None)
 if done:
@@ -161,3 +221,4 @@ st.subheader("Provenance")
 chosen = st.selectbox("Version", [row["version"] for row in listing["versions"]], key="details-version",
                       format_func=lambda v: f"{v} (active)" if v == listing.get("active") else v)
 version_details(chosen)
+feedback_review()

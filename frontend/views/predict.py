@@ -70,11 +70,14 @@ def probability_chart(probabilities: list[float]) -> None:
     st.altair_chart(chart, width="stretch")
 
 
+THANKS = "Thanks: saved as feedback #{id}. Once an admin accepts it on the Models page, retraining can use it."
+
+
 def feedback_form(image: Upload, result: dict[str, Any], key: str) -> None:
     """The "Wrong? The right digit is…" control: posts the image with the right label to /feedback."""
     sent = st.session_state.setdefault("feedback_sent", {})
     if key in sent:
-        st.success(f"Thanks: saved as feedback #{sent[key]} for the next retraining.", icon=":material/thumb_up:")
+        st.success(THANKS.format(id=sent[key]), icon=":material/thumb_up:")
         return
     with st.form(f"feedback-{key}", border=False):
         left, right = st.columns([3, 1], vertical_alignment="bottom")
@@ -89,13 +92,10 @@ def feedback_form(image: Upload, result: dict[str, Any], key: str) -> None:
     try:
         answer = client().feedback(image, int(label), predicted=result["digit"], model_version=result.get("model_version"))
     except BackendError as exc:
-        if exc.not_found:
-            st.info("This backend does not accept feedback yet (POST /feedback answered 404).")
-        else:
-            show_error(exc)
+        show_error(exc)
         return
     sent[key] = answer.get("id", "?")
-    st.success(f"Thanks: saved as feedback #{sent[key]} for the next retraining.", icon=":material/thumb_up:")
+    st.success(THANKS.format(id=sent[key]), icon=":material/thumb_up:")
 
 
 def saliency(image: Upload, version: str | None) -> None:
@@ -144,7 +144,7 @@ st.title("Predict a digit")
 health = attempt(cached_health, backend_url())
 if health is None:
     st.stop()
-if health.get("status") != "ok":
+if not health.get("model_version"):
     st.warning("The backend has no active model yet, so it cannot predict. Train one (`make train`) or activate one on the Models page.")
     st.stop()
 active_version = health.get("model_version")

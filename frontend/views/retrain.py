@@ -7,8 +7,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from client import TOKEN_HELP, BackendError, Upload, admin_token, backend_url
-from ui import attempt, cached_datasets, client, history_charts, per_class_frame, plain_reason, refresh_model_caches, show_error
+from client import BackendError, Upload, backend_url
+from ui import (
+    admin_token, attempt, cached_datasets, client, history_charts, per_class_frame, plain_reason, refresh_model_caches,
+    show_error, token_help,
+)
 
 ACTIVE_STATES = ("queued", "running")
 REFRESH_SECONDS = 2.0
@@ -58,7 +61,7 @@ def mnist_form(has_token: bool) -> None:
         start = st.radio("Start from", ["scratch", "active"], horizontal=True,
                          format_func=lambda s: "a fresh network" if s == "scratch" else "the active version (fine-tune)")
         uploads = st.checkbox("Also train on uploaded datasets", value=False)
-        feedback = st.checkbox("Also train on feedback corrections", value=False)
+        feedback = st.checkbox("Also train on accepted feedback corrections", value=False)
         go = st.form_submit_button("Start retraining", type="primary", disabled=not has_token)
     if go:
         start_job(submit(client().retrain, "POST /retrain", epochs=int(epochs), start_from=start,
@@ -213,7 +216,7 @@ def recent_jobs(jobs: list[dict[str, Any]]) -> None:
 st.title("Retrain")
 has_token = admin_token() is not None
 if not has_token:
-    st.warning(TOKEN_HELP, icon=":material/key:")
+    st.warning(token_help(), icon=":material/key:")
 
 left, right = st.columns(2)
 with left:
