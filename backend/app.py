@@ -93,6 +93,10 @@ def _register_budget(app: APIFlask) -> None:
     def _start_deadline() -> None:
         budget.start(app.config["REQUEST_DEADLINE_SECONDS"])
 
+    @app.teardown_request
+    def _end_deadline(exc: BaseException | None) -> None:
+        budget.start(None)  # the thread may next run work that is no request's (a test, a CLI call)
+
     @app.errorhandler(budget.BudgetExceeded)
     def _over_budget(exc: budget.BudgetExceeded) -> tuple[dict, int, dict]:
         return {"error": exc.message}, exc.status, {"Retry-After": str(budget.RETRY_AFTER_SECONDS)}

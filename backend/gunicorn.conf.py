@@ -5,15 +5,18 @@ interpreter, so more processes than cores only add memory and context switches. 
 a few threads (gthread) so a slow upload or an idle keep-alive connection does not hold a core,
 and a single image is answered while a long batch or ZIP upload runs on the same worker. gevent
 serves plain /predict ~7% faster but makes that single image wait ~10x longer behind a batch
-(benchmarks/worker_class.py; README, "Workers"). The worker class is gthread that accepts only
-with a thread free (backend/gunicorn_worker.py), so kept-alive clients spread over both workers.
-Training never runs here: it is a separate process (issue 4), so the timeout only guards against
-a stuck request.
+(benchmarks/worker_class.py). The worker class is gthread that accepts only with a thread free,
+so kept-alive clients spread over both workers, and that closes connections while a new one waits
+to get in, so with more clients than threads they take turns (backend/gunicorn_worker.py).
+Training never runs here: it is a separate process, so the timeout only guards against a stuck
+request; each request's own budget is enforced in the code (backend/budget.py).
 Override anything with GUNICORN_CMD_ARGS or the command line, e.g. --bind 0.0.0.0:8000.
 """
 
+import ctypes
 import multiprocessing
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,8 +32,13 @@ accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
-# Prometheus counters from every worker are summed through files in this folder.
-_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="digitlab-metrics-")))
+# Prometheus counters from every worker are summed through files in this folder. A folder made here
+# is removed at exit; one given in PROMETHEUS_MULTIPROC_DIR belongs to whoever gave it. The marker
+# is an environment variable because a reload (SIGHUP) runs this file again.
+_OWN_METRICS_DIR = "DIGITLAB_OWN_METRICS_DIR"
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_OWN_METRICS_DIR] = tempfile.mkdtemp(prefix="digitlab-metrics-")
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_starting(server) -> None:
@@ -40,8 +48,30 @@ def on_starting(server) -> None:
         stale.unlink()
 
 
+# glibc raises its mmap threshold to the largest block freed so far, so after one 12 MP image each
+# thread's arena keeps tens of MB that are never returned (workers grew past 400 MB under
+# benchmarks/attack.py). A fixed threshold sends Pillow's 16 MB image blocks to mmap, freed at
+# once, while the stem's arrays (under 8 MB) stay on the faster heap.
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 8 << 20
+
+
+def post_fork(server, worker) -> None:
+    """Fix glibc's mmap threshold in each worker, so memory freed after a large image goes back to the OS."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except OSError:  # not glibc: its allocator has its own policy
+        pass
+
+
 def child_exit(server, worker) -> None:
     """Drop a dead worker's live gauges from the metrics."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics folder if this file made it and no other master (a USR2 upgrade) shares it."""
+    if os.environ.get(_OWN_METRICS_DIR) == str(_metrics_dir) and server.reexec_pid == server.master_pid == 0:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

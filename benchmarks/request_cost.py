@@ -64,11 +64,10 @@ def wsgi_post(app: Callable, body: bytes) -> bytes:
 
 
 def decode_only(model_input: np.ndarray) -> Callable[..., np.ndarray]:
-    """Return a stem stand-in that decodes like the bare app, then returns a stored model input."""
+    """Return a stem stand-in for the decoded image (the handler decodes it, as the bare app does): the stored input."""
 
-    def stem(data: bytes, max_pixels: int = 0) -> np.ndarray:
-        """Decode the upload and hand back the stored input."""
-        Image.open(io.BytesIO(data)).load()
+    def stem(image: Image.Image) -> np.ndarray:
+        """Hand back the stored input."""
         return model_input
 
     return stem
@@ -80,7 +79,7 @@ def stand_ins(variant: str, model_input: np.ndarray, model_output: np.ndarray) -
     stub_stem, stub_model = VARIANTS[variant]
     with contextlib.ExitStack() as stack:
         if stub_stem:
-            stack.enter_context(mock.patch("backend.api.predict.preprocess_bytes", decode_only(model_input)))
+            stack.enter_context(mock.patch("backend.api.predict.preprocess_image", decode_only(model_input)))
         if stub_model:
             stack.enter_context(mock.patch.object(LiteModel, "predict", lambda self, images: model_output.copy()))
         yield
