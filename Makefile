@@ -10,14 +10,15 @@ DASHBOARD_PORT ?= 8501
 # The shared offline MNIST subset when it sits beside the checkout; otherwise Keras downloads MNIST.
 export MNIST_PATH ?= $(wildcard $(abspath ../shared/data/mnist_subset.npz))
 
-.PHONY: setup run backend test train evaluate screenshots loadtest clean
+.PHONY: setup run backend test test-fast lint train evaluate screenshots loadtest clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # The backend runs in the background and stops with the dashboard (Ctrl-C stops both).
@@ -32,6 +33,14 @@ backend: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Everything but training, servers, browsers, Locust and the notebook: a couple of minutes.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not browser and not e2e"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 train: setup
 	$(PY) -m backend.train --activate

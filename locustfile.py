@@ -40,9 +40,10 @@ import secrets
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, between, constant, events, tag, task
@@ -85,7 +86,7 @@ def _env_bound(name: str, default: float) -> float | None:
 def multipart_part(field: str, filename: str, data: bytes, content_type: str) -> bytes:
     """Encode one file field of a multipart/form-data body (without the closing boundary)."""
     head = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
         f"Content-Type: {content_type}\r\n\r\n"
     )
     return head.encode() + data + b"\r\n"
@@ -93,7 +94,7 @@ def multipart_part(field: str, filename: str, data: bytes, content_type: str) ->
 
 def multipart_field(field: str, value: str) -> bytes:
     """Encode one plain form field of a multipart/form-data body."""
-    return f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n".encode()
+    return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'.encode()
 
 
 def multipart_body(parts: list[bytes]) -> bytes:
@@ -117,7 +118,10 @@ def _sample(style: str, label: int, name: str, data: bytes) -> Sample:
     """Wrap a sample image with its request bodies."""
     content_type = "image/jpeg" if name.endswith(".jpg") else "image/png"
     return Sample(
-        style, label, name, data,
+        style,
+        label,
+        name,
+        data,
         single=multipart_body([multipart_part("file", name, data, content_type)]),
         batch_part=multipart_part("files", name, data, content_type),
     )
@@ -186,7 +190,9 @@ def _json_or_none(response: FastResponse) -> Any:
         return None
 
 
-def check_json(response: ResponseContextManager, problem: Callable[[Any], str | None], expected: tuple[int, ...] = (200,)) -> Any:
+def check_json(
+    response: ResponseContextManager, problem: Callable[[Any], str | None], expected: tuple[int, ...] = (200,)
+) -> Any:
     """Mark a caught response failed on an unexpected status or a body `problem` finds; return the body."""
     if response.status_code not in expected:
         text = (response.text or "")[:200] if response.status_code else str(response.error)
@@ -261,8 +267,11 @@ class PredictUser(FastHttpUser):
         """Send one random sample and check the prediction."""
         sample = random.choice(SAMPLES)
         with self.client.post(
-            "/predict", data=sample.single, headers={"Content-Type": MULTIPART},
-            name=f"/predict [{sample.style}]", catch_response=True,
+            "/predict",
+            data=sample.single,
+            headers={"Content-Type": MULTIPART},
+            name=f"/predict [{sample.style}]",
+            catch_response=True,
         ) as response:
             body = check_json(response, prediction_problem)
         if body is not None:
@@ -305,7 +314,9 @@ class DashboardUser(FastHttpUser):
     def health(self) -> None:
         """GET /health: must say ok and name the served version."""
         with self.client.get("/health", name="/health", catch_response=True) as response:
-            check_json(response, lambda b: None if b.get("status") == "ok" and b.get("model_version") else f"unhealthy: {b}")
+            check_json(
+                response, lambda b: None if b.get("status") == "ok" and b.get("model_version") else f"unhealthy: {b}"
+            )
 
     @tag("dashboard")
     @task
@@ -405,8 +416,9 @@ class AdminUser(FastHttpUser):
     def on_stop(self) -> None:
         """Cancel our job if the run ends before it does, so no training outlives the load test."""
         if self.job_id and self.owns_job and not self.finished:
-            with self.client.post(f"/jobs/{self.job_id}/cancel", headers=self.auth, name="/jobs/[id]/cancel",
-                                  catch_response=True) as response:
+            with self.client.post(
+                f"/jobs/{self.job_id}/cancel", headers=self.auth, name="/jobs/[id]/cancel", catch_response=True
+            ) as response:
                 body = check_json(response, _has("status", str))
             self._note("cancelled by the load test", body or {})
 
@@ -415,8 +427,12 @@ class AdminUser(FastHttpUser):
         action = os.environ.get("LOCUST_ADMIN_ACTION", "retrain").strip().lower()
         epochs = int(_env_float("LOCUST_RETRAIN_EPOCHS", 1))
         if action == "upload":
-            body = multipart_body([multipart_part("file", "samples.zip", samples_zip(SAMPLES), "application/zip"),
-                                   multipart_field("epochs", str(epochs))])
+            body = multipart_body(
+                [
+                    multipart_part("file", "samples.zip", samples_zip(SAMPLES), "application/zip"),
+                    multipart_field("epochs", str(epochs)),
+                ]
+            )
             request = dict(data=body, headers={**self.auth, "Content-Type": MULTIPART})
             path = "/upload_and_retrain"
         else:
@@ -460,8 +476,9 @@ class AdminUser(FastHttpUser):
 
     def activate(self, version: str) -> None:
         """Activate a candidate the gate rejected, so the run still measures a hot swap (test stores only)."""
-        with self.client.post(f"/models/{version}/activate", headers=self.auth, name="/models/[version]/activate",
-                              catch_response=True) as response:
+        with self.client.post(
+            f"/models/{version}/activate", headers=self.auth, name="/models/[version]/activate", catch_response=True
+        ) as response:
             body = check_json(response, _has("active", str))
         if body is not None:
             set_phase("3 after job (rejected, activated by hand)")
@@ -471,8 +488,15 @@ class AdminUser(FastHttpUser):
         """Record a job status change with its time."""
         self.last_status = status
         detail = body.get("result") or body.get("error") or body.get("dataset") or body.get("active") or ""
-        JOB_EVENTS.append({"timestamp": time.time(), "job_id": self.job_id, "status": status,
-                           "progress": body.get("progress", ""), "detail": json.dumps(detail) if detail else ""})
+        JOB_EVENTS.append(
+            {
+                "timestamp": time.time(),
+                "job_id": self.job_id,
+                "status": status,
+                "progress": body.get("progress", ""),
+                "detail": json.dumps(detail) if detail else "",
+            }
+        )
         log.info("job %s: %s %s", self.job_id, status, json.dumps(detail)[:300] if detail else "")
 
 
@@ -502,12 +526,19 @@ class Buckets:
         for key, group in sorted(self.groups.items()):
             times = sorted(group["times"])
             seconds = max(group["last"] - group["first"], 1e-9)
-            rows.append({
-                key_name: key, "users": group["users"], "requests": len(times), "failures": group["failures"],
-                "seconds": round(seconds, 2), "requests_per_s": round(len(times) / seconds, 2),
-                "p50_ms": round(percentile(times, 0.50), 2), "p95_ms": round(percentile(times, 0.95), 2),
-                "p99_ms": round(percentile(times, 0.99), 2),
-            })
+            rows.append(
+                {
+                    key_name: key,
+                    "users": group["users"],
+                    "requests": len(times),
+                    "failures": group["failures"],
+                    "seconds": round(seconds, 2),
+                    "requests_per_s": round(len(times) / seconds, 2),
+                    "p50_ms": round(percentile(times, 0.50), 2),
+                    "p95_ms": round(percentile(times, 0.95), 2),
+                    "p99_ms": round(percentile(times, 0.99), 2),
+                }
+            )
         return rows
 
 
@@ -608,11 +639,19 @@ def _write_timelines(environment: Environment, **kwargs: Any) -> None:
     """Write the model-version, job, step and phase figures next to Locust's CSVs (with --csv)."""
     prefix = getattr(environment.parsed_options, "csv_prefix", None) if environment.parsed_options else None
     for row in VERSIONS.rows():
-        log.info("model %s served %d checked responses from %.3f to %.3f", row["version"], row["responses"], row["first_seen"], row["last_seen"])
+        log.info(
+            "model %s served %d checked responses from %.3f to %.3f",
+            row["version"],
+            row["responses"],
+            row["first_seen"],
+            row["last_seen"],
+        )
     if not prefix:
         return
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    _write_csv(Path(f"{prefix}_model_versions.csv"), VERSIONS.rows(), ["version", "first_seen", "last_seen", "responses"])
+    _write_csv(
+        Path(f"{prefix}_model_versions.csv"), VERSIONS.rows(), ["version", "first_seen", "last_seen", "responses"]
+    )
     _write_csv(Path(f"{prefix}_jobs.csv"), JOB_EVENTS, ["timestamp", "job_id", "status", "progress", "detail"])
     for buckets, key, suffix in ((STEPS, "step", "steps"), (PHASES, "phase", "phases")):
         rows = buckets.rows(key)
@@ -620,7 +659,9 @@ def _write_timelines(environment: Environment, **kwargs: Any) -> None:
             _write_csv(Path(f"{prefix}_{suffix}.csv"), rows, list(rows[0]))
 
 
-def gate_problems(fail_ratio: float, p95_ms: float, requests: int, max_fail_ratio: float | None, max_p95_ms: float | None) -> list[str]:
+def gate_problems(
+    fail_ratio: float, p95_ms: float, requests: int, max_fail_ratio: float | None, max_p95_ms: float | None
+) -> list[str]:
     """List the thresholds a run broke (empty when it passed)."""
     problems = []
     if requests == 0:
@@ -637,9 +678,13 @@ def final_stats(environment: Environment) -> dict[str, dict[str, float]]:
     entries = {f"{e.method} {e.name}": e for e in environment.stats.entries.values()}
     entries["Aggregated"] = environment.stats.total
     return {
-        key: {"name": entry.name, "requests": entry.num_requests, "failures": entry.num_failures,
-              "requests_per_s": round(entry.total_rps, 3),
-              **{f"p{int(q * 100)}_ms": entry.get_response_time_percentile(q) or 0.0 for q in (0.5, 0.95, 0.99)}}
+        key: {
+            "name": entry.name,
+            "requests": entry.num_requests,
+            "failures": entry.num_failures,
+            "requests_per_s": round(entry.total_rps, 3),
+            **{f"p{int(q * 100)}_ms": entry.get_response_time_percentile(q) or 0.0 for q in (0.5, 0.95, 0.99)},
+        }
         for key, entry in entries.items()
     }
 
@@ -653,8 +698,11 @@ def _gate(environment: Environment, **kwargs: Any) -> None:
         Path(f"{prefix}_final.json").write_text(json.dumps(final_stats(environment), indent=1) + "\n")
     total = environment.stats.total
     problems = gate_problems(
-        total.fail_ratio, total.get_response_time_percentile(0.95) or 0.0, total.num_requests,
-        _env_bound("LOCUST_MAX_FAIL_RATIO", 0.01), _env_bound("LOCUST_MAX_P95_MS", 1000.0),
+        total.fail_ratio,
+        total.get_response_time_percentile(0.95) or 0.0,
+        total.num_requests,
+        _env_bound("LOCUST_MAX_FAIL_RATIO", 0.01),
+        _env_bound("LOCUST_MAX_P95_MS", 1000.0),
     )
     for problem in problems:
         log.error("load test failed: %s", problem)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 bind = os.environ.get("BIND", "127.0.0.1:5000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-worker_class = "backend.gunicorn_worker.IdleThreadWorker"
+worker_class = "backend.web.gunicorn_worker.IdleThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", 4))
 timeout = 30
 graceful_timeout = 10

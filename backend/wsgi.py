@@ -1,5 +1,5 @@
 """Gunicorn entry point: `gunicorn -c backend/gunicorn.conf.py backend.wsgi:app`."""
 
-from backend.app import create_app
+from backend.web.app import create_app
 
 app = create_app()

@@ -27,7 +27,7 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
-from backend.config import Settings
+from backend.core.config import Settings
 from benchmarks import servers
 
 HOSTILE = 8
@@ -55,8 +55,11 @@ def canvas(size: tuple[int, int] = CANVAS_SIZE) -> bytes:
     """A transparent RGBA canvas near the pixel limit with one stroke drawn on it: tens of KB to send."""
     width, height = size
     image = Image.new("RGBA", size, (0, 0, 0, 0))
-    ImageDraw.Draw(image).line([(width * 0.4, height * 0.2), (width * 0.6, height * 0.2), (width * 0.45, height * 0.8)],
-                               fill=(0, 0, 0, 255), width=max(3, width // 40))
+    ImageDraw.Draw(image).line(
+        [(width * 0.4, height * 0.2), (width * 0.6, height * 0.2), (width * 0.45, height * 0.8)],
+        fill=(0, 0, 0, 255),
+        width=max(3, width // 40),
+    )
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -130,8 +133,14 @@ def run(url: str, seconds: float, hostile: int = HOSTILE) -> tuple[Tally, Tally]
     def plain() -> None:
         with requests.Session() as session:
             while not stop.is_set():
-                _post(session, f"{url}/predict", [("file", ("digit.png", digit, "image/png"))], PLAIN_TIMEOUT,
-                      plain_tally, {200})
+                _post(
+                    session,
+                    f"{url}/predict",
+                    [("file", ("digit.png", digit, "image/png"))],
+                    PLAIN_TIMEOUT,
+                    plain_tally,
+                    {200},
+                )
 
     threads = [threading.Thread(target=attacker, args=(i,)) for i in range(hostile)] + [threading.Thread(target=plain)]
     for thread in threads:
@@ -147,7 +156,9 @@ def long_batch(url: str) -> tuple[int, float]:
     """Post LONG_BATCH canvases to /predict/batch; return the status and the seconds to the answer."""
     count, side = LONG_BATCH
     image = Image.new("L", (side, side), 255)
-    ImageDraw.Draw(image).line([(side * 0.3, side * 0.2), (side * 0.7, side * 0.2), (side * 0.4, side * 0.8)], fill=0, width=9)
+    ImageDraw.Draw(image).line(
+        [(side * 0.3, side * 0.2), (side * 0.7, side * 0.2), (side * 0.4, side * 0.8)], fill=0, width=9
+    )
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     files = [("files", (f"{i}.png", buffer.getvalue(), "image/png")) for i in range(count)]
@@ -169,23 +180,38 @@ def main(argv: list[str] | None = None) -> int:
             hostile, plain = run(url, args.seconds, args.hostile)
             memory = [servers.peak_rss_mb(pid) for pid in workers]
             full_status, full_seconds = long_batch(url)
-        env = {"DATA_DIR": data_dir, "MODEL_DIR": str(settings.model_dir), "REQUEST_DEADLINE_SECONDS": str(DEADLINE_SECONDS)}
+        env = {
+            "DATA_DIR": data_dir,
+            "MODEL_DIR": str(settings.model_dir),
+            "REQUEST_DEADLINE_SECONDS": str(DEADLINE_SECONDS),
+        }
         with servers.gunicorn(env=env) as (url, _):
             cut_status, cut_seconds = long_batch(url)
     print(f"{args.hostile} hostile clients for {args.seconds:.0f} s against {url} (2 workers)")
-    print(f"hostile: {sum(hostile.statuses.values())} requests, statuses {dict(sorted(hostile.statuses.items(), key=str))}, "
-          f"slowest {max(hostile.latencies, default=0):.2f} s, problems {len(hostile.failures)}")
-    print(f"plain /predict: {len(plain.latencies)} requests, {len(plain.failures)} failures, "
-          f"p50 {plain.percentile(50):.1f} ms, p95 {plain.percentile(95):.1f} ms, p99 {plain.percentile(99):.1f} ms, "
-          f"max {max(plain.latencies, default=0) * 1000:.1f} ms")
+    print(
+        f"hostile: {sum(hostile.statuses.values())} requests, statuses {dict(sorted(hostile.statuses.items(), key=str))}, "
+        f"slowest {max(hostile.latencies, default=0):.2f} s, problems {len(hostile.failures)}"
+    )
+    print(
+        f"plain /predict: {len(plain.latencies)} requests, {len(plain.failures)} failures, "
+        f"p50 {plain.percentile(50):.1f} ms, p95 {plain.percentile(95):.1f} ms, p99 {plain.percentile(99):.1f} ms, "
+        f"max {max(plain.latencies, default=0) * 1000:.1f} ms"
+    )
     print(f"worker peak memory: {', '.join(f'{mb:.0f} MB' for mb in memory)}")
-    print(f"a batch of {LONG_BATCH[0]} images of {LONG_BATCH[1]} px: HTTP {full_status} after {full_seconds:.2f} s; "
-          f"with REQUEST_DEADLINE_SECONDS={DEADLINE_SECONDS}: HTTP {cut_status} after {cut_seconds:.2f} s")
+    print(
+        f"a batch of {LONG_BATCH[0]} images of {LONG_BATCH[1]} px: HTTP {full_status} after {full_seconds:.2f} s; "
+        f"with REQUEST_DEADLINE_SECONDS={DEADLINE_SECONDS}: HTTP {cut_status} after {cut_seconds:.2f} s"
+    )
     for problem in (hostile.failures + plain.failures)[:10]:
         print("  problem:", problem)
-    met = (not hostile.failures and not plain.failures and plain.percentile(95) <= 1000
-           and max(hostile.latencies, default=0) <= HOSTILE_TIMEOUT and max(memory, default=0) < 400
-           and cut_status == 503)
+    met = (
+        not hostile.failures
+        and not plain.failures
+        and plain.percentile(95) <= 1000
+        and max(hostile.latencies, default=0) <= HOSTILE_TIMEOUT
+        and max(memory, default=0) < 400
+        and cut_status == 503
+    )
     print("bars met" if met else "BARS MISSED")
     return 0 if met else 1
 

@@ -14,13 +14,13 @@ import os
 import numpy as np
 from flask import Flask, request
 
-from backend.api.predict import prediction
-from backend.inference import LiteModel
-from backend.preprocessing import preprocess_bytes
-from backend.store import ModelStore
+from backend.core.inference import LiteModel
+from backend.core.preprocessing import preprocess_bytes
+from backend.core.store import ModelStore
+from backend.web.api.predict import prediction
 from benchmarks import bare_app
 
-DIGITS = 10  # not backend.model.NUM_CLASSES: importing that module loads TensorFlow into the workers
+DIGITS = 10  # not backend.training.model.NUM_CLASSES: importing that module loads TensorFlow into the workers
 
 
 def create_app(model_dir: str | None = None, run_model: bool = True) -> Flask:

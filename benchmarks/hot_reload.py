@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from backend.store import ModelStore
+from backend.core.store import ModelStore
 from benchmarks.servers import gunicorn
 
 TOKEN = "reload-token"
@@ -49,8 +49,14 @@ def two_version_store(source: Path, target: Path) -> list[str]:
     return ids
 
 
-def run(model_dir: Path, image: bytes, clients: int = 8, activations: int = 4, interval: float = 3.0,
-        log_path: Path | None = None) -> dict:
+def run(
+    model_dir: Path,
+    image: bytes,
+    clients: int = 8,
+    activations: int = 4,
+    interval: float = 3.0,
+    log_path: Path | None = None,
+) -> dict:
     """Run the scenario and return failures, per-activation switch lags and request counts."""
     work = Path(tempfile.mkdtemp(prefix="hot-reload-"))
     versions = two_version_store(model_dir, work / "models")
@@ -78,7 +84,9 @@ def run(model_dir: Path, image: bytes, clients: int = 8, activations: int = 4, i
         for i in range(activations):
             old, new = versions[i % 2], versions[(i + 1) % 2]
             requested = time.perf_counter()
-            response = requests.post(f"{url}/models/{new}/activate", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+            response = requests.post(
+                f"{url}/models/{new}/activate", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+            )
             assert response.status_code == 200, response.text
             switches.append((requested, time.perf_counter(), old, new))
             time.sleep(interval)
@@ -111,16 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
 
-    from backend.data import load_mnist
-    from backend.styles import photo
+    from backend.data.mnist import load_mnist
+    from backend.data.renderings import photo
 
     image = photo(load_mnist().x_test[0], np.random.default_rng(0))
     result = run(Path(args.model_dir), image, args.clients, args.activations, args.interval)
-    print(f"{args.clients} clients, {result['requests']} /predict requests in {result['seconds']:.1f} s, "
-          f"{args.activations} activations every {args.interval:.0f} s")
+    print(
+        f"{args.clients} clients, {result['requests']} /predict requests in {result['seconds']:.1f} s, "
+        f"{args.activations} activations every {args.interval:.0f} s"
+    )
     print(f"failed requests: {result['failed']}   (bar: 0)")
-    print("old-version answers after each activation stopped within: "
-          + ", ".join(f"{lag:.3f} s" for lag in result["lags"]) + "   (bar: <= 2 s)")
+    print(
+        "old-version answers after each activation stopped within: "
+        + ", ".join(f"{lag:.3f} s" for lag in result["lags"])
+        + "   (bar: <= 2 s)"
+    )
     return 0 if result["failed"] == 0 and max(result["lags"]) <= 2.0 else 1
 
 

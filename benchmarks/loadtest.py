@@ -33,9 +33,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from benchmarks import servers
@@ -104,7 +105,9 @@ def base_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def started_backend(host: str, model_dir: Path | None, data_dir: Path | None, log_path: Path) -> Iterator[dict[str, str]]:
+def started_backend(
+    host: str, model_dir: Path | None, data_dir: Path | None, log_path: Path
+) -> Iterator[dict[str, str]]:
     """Run gunicorn on the host's port until the block ends; yield the MODEL_DIR and DATA_DIR it was given."""
     ip, port = loopback_address(host)
     env = base_env()
@@ -127,8 +130,22 @@ def started_backend(host: str, model_dir: Path | None, data_dir: Path | None, lo
 
 def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
     """Build the headless Locust command line for a scenario."""
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-H", args.host,
-               "--csv", str(out / CSV_NAME), "--csv-full-history", "--html", str(out / "report.html"), "--only-summary"]
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-H",
+        args.host,
+        "--csv",
+        str(out / CSV_NAME),
+        "--csv-full-history",
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+    ]
     if args.scenario != "step":  # the step shape sets users and duration itself
         command += ["-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.run_time}s"]
     return command + SCENARIOS[args.scenario]
@@ -144,14 +161,23 @@ def locust_env(args: argparse.Namespace, backend_env: dict[str, str]) -> dict[st
     elif args.scenario == "step":
         env.setdefault("LOCUST_MAX_P95_MS", "off")  # a knee search pushes p95 up on purpose
     if args.scenario == "step":
-        env.update(LOCUST_SHAPE="step", LOCUST_STEP_USERS=str(args.step_users),
-                   LOCUST_STEP_SECONDS=str(args.step_seconds), LOCUST_STEP_COUNT=str(args.step_count))
+        env.update(
+            LOCUST_SHAPE="step",
+            LOCUST_STEP_USERS=str(args.step_users),
+            LOCUST_STEP_SECONDS=str(args.step_seconds),
+            LOCUST_STEP_COUNT=str(args.step_count),
+        )
     else:
         env.pop("LOCUST_SHAPE", None)
     if args.scenario in ("retrain", "upload"):
-        env.update(LOCUST_ADMIN_ACTION=args.scenario, LOCUST_RETRAIN_EPOCHS=str(args.epochs), LOCUST_RETRAIN_FROM=args.start_from,
-                   LOCUST_ADMIN_DELAY=str(args.admin_delay), LOCUST_STOP_AFTER_JOB=str(args.after_job),
-                   LOCUST_FORCE_SWAP="1" if args.force_swap else "0")
+        env.update(
+            LOCUST_ADMIN_ACTION=args.scenario,
+            LOCUST_RETRAIN_EPOCHS=str(args.epochs),
+            LOCUST_RETRAIN_FROM=args.start_from,
+            LOCUST_ADMIN_DELAY=str(args.admin_delay),
+            LOCUST_STOP_AFTER_JOB=str(args.after_job),
+            LOCUST_FORCE_SWAP="1" if args.force_swap else "0",
+        )
     return env
 
 
@@ -163,7 +189,9 @@ def run_seconds(args: argparse.Namespace) -> float:
 def run_locust(command: list[str], env: dict[str, str], out: Path, limit: float) -> int:
     """Run Locust, echoing and saving its output; return its exit code."""
     with (out / "locust.log").open("w") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         watchdog = threading.Timer(limit, process.kill)  # a hung run must not hang the command
         watchdog.start()
         try:
@@ -224,15 +252,22 @@ def summarise(out: Path) -> dict[str, Any]:
     predict = [row for name, row in endpoints.items() if name.startswith("/predict [")]
     summary: dict[str, Any] = {
         "report": str(out),
-        **{key: total.get(key, math.nan) for key in ("requests", "failures", "requests_per_s", "p50_ms", "p95_ms", "p99_ms")},
+        **{
+            key: total.get(key, math.nan)
+            for key in ("requests", "failures", "requests_per_s", "p50_ms", "p95_ms", "p99_ms")
+        },
         "predict_requests": sum(row["requests"] for row in predict),
         "predict_failures": sum(row["failures"] for row in predict),
         "endpoints": endpoints,
     }
     versions = read_csv(out / f"{CSV_NAME}_model_versions.csv")
     summary["model_versions"] = [
-        {"version": row["version"], "first_seen_s": round(number(row["first_seen"]) - started, 1),
-         "last_seen_s": round(number(row["last_seen"]) - started, 1), "responses": int(row["responses"])}
+        {
+            "version": row["version"],
+            "first_seen_s": round(number(row["first_seen"]) - started, 1),
+            "last_seen_s": round(number(row["last_seen"]) - started, 1),
+            "responses": int(row["responses"]),
+        }
         for row in versions
     ]
     summary["swaps"] = [row["version"] for row in versions[1:]]
@@ -240,15 +275,19 @@ def summarise(out: Path) -> dict[str, Any]:
         {"t_s": round(number(row["timestamp"]) - started, 1), "status": row["status"], "detail": row["detail"]}
         for row in read_csv(out / f"{CSV_NAME}_jobs.csv")
     ]
-    steps = [{key: (number(value) if key != "step" else int(value)) for key, value in row.items()}
-             for row in read_csv(out / f"{CSV_NAME}_steps.csv")]
+    steps = [
+        {key: (number(value) if key != "step" else int(value)) for key, value in row.items()}
+        for row in read_csv(out / f"{CSV_NAME}_steps.csv")
+    ]
     if steps:
         knee = find_knee(steps)
         summary["steps"] = steps
         summary["knee"] = steps[knee] if knee is not None else None
         summary["knee_reached"] = knee is not None and knee < len(steps) - 1
-    phases = [{key: (value if key == "phase" else number(value)) for key, value in row.items()}
-              for row in read_csv(out / f"{CSV_NAME}_phases.csv")]
+    phases = [
+        {key: (value if key == "phase" else number(value)) for key, value in row.items()}
+        for row in read_csv(out / f"{CSV_NAME}_phases.csv")
+    ]
     if phases:
         summary["phases"] = phases
     return summary
@@ -270,12 +309,17 @@ def plot(out: Path, title: str) -> Path:
         raise RuntimeError(f"no Aggregated rows in {out / f'{CSV_NAME}_stats_history.csv'}: did Locust run?")
     t0 = history_start(out)
     t = [number(row["Timestamp"]) - t0 for row in rows]
-    fig, (ax_rps, ax_lat, ax_users) = plt.subplots(3, 1, figsize=(13, 8.5), sharex=True,
-                                                   gridspec_kw={"height_ratios": [3, 3, 1.6]})
+    fig, (ax_rps, ax_lat, ax_users) = plt.subplots(
+        3, 1, figsize=(13, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.6]}
+    )
     # Per-second rates from the cumulative counts: Locust's own Requests/s column lags by seconds,
     # which would smear a dip at the swap.
-    ax_rps.plot(t[1:], per_second(t, [number(r["Total Request Count"]) for r in rows]), color="tab:blue", label="requests/s")
-    ax_rps.plot(t[1:], per_second(t, [number(r["Total Failure Count"]) for r in rows]), color="tab:red", label="failures/s")
+    ax_rps.plot(
+        t[1:], per_second(t, [number(r["Total Request Count"]) for r in rows]), color="tab:blue", label="requests/s"
+    )
+    ax_rps.plot(
+        t[1:], per_second(t, [number(r["Total Failure Count"]) for r in rows]), color="tab:red", label="failures/s"
+    )
     ax_rps.set_ylabel("requests/s")
     latencies = {}
     for key, colour in (("50%", "tab:green"), ("95%", "tab:orange"), ("99%", "tab:red")):
@@ -299,7 +343,9 @@ def plot(out: Path, title: str) -> Path:
     _mark_swaps(out, t0, (ax_rps, ax_lat, ax_users))
     for axis in (ax_rps, ax_lat, ax_users):
         axis.grid(True, alpha=0.3)
-        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)  # outside: never hides data
+        axis.legend(
+            loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0
+        )  # outside: never hides data
     ax_rps.set_ylim(bottom=0)
     ax_users.set_ylim(bottom=0)
     fig.suptitle(title)
@@ -312,7 +358,9 @@ def plot(out: Path, title: str) -> Path:
 
 def per_second(t: list[float], cumulative: list[float]) -> list[float]:
     """Turn cumulative counts sampled at times t into a rate per second between samples."""
-    return [(c1 - c0) / (t1 - t0) if t1 > t0 else math.nan for t0, t1, c0, c1 in zip(t, t[1:], cumulative, cumulative[1:])]
+    return [
+        (c1 - c0) / (t1 - t0) if t1 > t0 else math.nan for t0, t1, c0, c1 in zip(t, t[1:], cumulative, cumulative[1:])
+    ]
 
 
 def _nan_high(value: float) -> float:
@@ -331,7 +379,9 @@ def _mark_job(out: Path, t0: float, axes: tuple) -> None:
     if not events:
         return
     start = number(events[0]["timestamp"]) - t0
-    ended = [(number(e["timestamp"]) - t0, e["status"]) for e in events if e["status"].split()[0] in TERMINAL_JOB_STATES]
+    ended = [
+        (number(e["timestamp"]) - t0, e["status"]) for e in events if e["status"].split()[0] in TERMINAL_JOB_STATES
+    ]
     end, final = ended[0] if ended else (axes[0].get_xlim()[1], events[-1]["status"])
     for i, axis in enumerate(axes):
         axis.axvspan(start, end, color="tab:orange", alpha=0.12, label=f"training job ({final})" if i == 0 else None)
@@ -344,13 +394,19 @@ def _mark_swaps(out: Path, t0: float, axes: tuple) -> None:
         swap = number(after["first_seen"]) - t0
         overlap_end = number(before["last_seen"]) - t0
         for i, axis in enumerate(axes):
-            axis.axvline(swap, color="black", linestyle="--", linewidth=1.2,
-                         label=f"model swap to\n{after['version']}" if i == 0 else None)
+            axis.axvline(
+                swap,
+                color="black",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"model swap to\n{after['version']}" if i == 0 else None,
+            )
             if i == 0:
                 axis.annotate(" swap", (swap, 1.0), xycoords=("data", "axes fraction"), va="top", fontsize=9)
             if overlap_end > swap:
-                axis.axvspan(swap, overlap_end, color="grey", alpha=0.25,
-                             label="old and new both served" if i == 0 else None)
+                axis.axvspan(
+                    swap, overlap_end, color="grey", alpha=0.25, label="old and new both served" if i == 0 else None
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +417,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--host", default=os.environ.get("BACKEND_URL", "http://127.0.0.1:5000"), help="backend URL, loopback only [%(default)s]")
+    add(
+        "--host",
+        default=os.environ.get("BACKEND_URL", "http://127.0.0.1:5000"),
+        help="backend URL, loopback only [%(default)s]",
+    )
     add("--scenario", choices=sorted(SCENARIOS), default="mixed", help="[%(default)s]")
     add("-u", "--users", type=int, default=10, help="[%(default)s]")
     add("-r", "--spawn-rate", type=float, default=10, help="users started per second [%(default)s]")
@@ -370,17 +430,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--step-seconds", type=int, default=10, help="step scenario: seconds per step [%(default)s]")
     add("--step-count", type=int, default=6, help="step scenario: number of steps [%(default)s]")
     add("--epochs", type=int, default=1, help="retrain scenarios: epochs of the job [%(default)s]")
-    add("--from", dest="start_from", choices=["active", "scratch"], default="active",
-        help="retrain scenario: fine-tune the active model or train from scratch [%(default)s]")
-    add("--force-swap", action="store_true",
-        help="retrain scenarios: activate the candidate even if the promotion gate rejects it (test stores only)")
-    add("--admin-delay", type=float, default=5, help="retrain scenarios: seconds of plain load before the job [%(default)s]")
-    add("--after-job", type=float, default=10,
-        help="retrain scenarios: end the run this many seconds after the job ends; --run-time stays the limit [%(default)s]")
+    add(
+        "--from",
+        dest="start_from",
+        choices=["active", "scratch"],
+        default="active",
+        help="retrain scenario: fine-tune the active model or train from scratch [%(default)s]",
+    )
+    add(
+        "--force-swap",
+        action="store_true",
+        help="retrain scenarios: activate the candidate even if the promotion gate rejects it (test stores only)",
+    )
+    add(
+        "--admin-delay",
+        type=float,
+        default=5,
+        help="retrain scenarios: seconds of plain load before the job [%(default)s]",
+    )
+    add(
+        "--after-job",
+        type=float,
+        default=10,
+        help="retrain scenarios: end the run this many seconds after the job ends; --run-time stays the limit [%(default)s]",
+    )
     add("--max-fail-ratio", type=float, help="exit 1 above this failure ratio [0.01]")
     add("--max-p95-ms", type=float, help="exit 1 above this aggregated p95, 0 disables [1000; off for step]")
     add("--model-dir", type=Path, help="MODEL_DIR of a backend this script starts [$MODEL_DIR or models/]")
-    add("--data-dir", type=Path, help="DATA_DIR of a started backend, also where the admin token is read [$DATA_DIR or data/]")
+    add(
+        "--data-dir",
+        type=Path,
+        help="DATA_DIR of a started backend, also where the admin token is read [$DATA_DIR or data/]",
+    )
     add("--reports", type=Path, default=REPO_ROOT / "reports", help="parent of the report folder [reports/]")
     args = parser.parse_args(argv)
     try:
@@ -400,17 +481,28 @@ def run(args: argparse.Namespace) -> tuple[int, Path, dict[str, Any]]:
         backend_started = health(args.host) is None
         if backend_started:
             print(f"nothing answers at {args.host}: starting gunicorn (log: {out / 'backend.log'})", flush=True)
-            backend_env = stack.enter_context(started_backend(args.host, args.model_dir, args.data_dir, out / "backend.log"))
+            backend_env = stack.enter_context(
+                started_backend(args.host, args.model_dir, args.data_dir, out / "backend.log")
+            )
         else:
             backend_env = {key: str(value) for key, value in (("DATA_DIR", args.data_dir),) if value}
         started = time.time()
         code = run_locust(locust_command(args, out), locust_env(args, backend_env), out, run_seconds(args) + 120)
     summary = summarise(out)
-    summary.update(scenario=args.scenario, host=args.host, exit_code=code, backend_started=backend_started,
-                   load_average_before=[round(x, 2) for x in load],
-                   users=None if args.scenario == "step" else args.users, run_seconds=run_seconds(args))
+    summary.update(
+        scenario=args.scenario,
+        host=args.host,
+        exit_code=code,
+        backend_started=backend_started,
+        load_average_before=[round(x, 2) for x in load],
+        users=None if args.scenario == "step" else args.users,
+        run_seconds=run_seconds(args),
+    )
     title = f"Digit Lab load test: {args.scenario}, " + (
-        f"steps of {args.step_users} users x {args.step_seconds} s" if args.scenario == "step" else f"{args.users} users")
+        f"steps of {args.step_users} users x {args.step_seconds} s"
+        if args.scenario == "step"
+        else f"{args.users} users"
+    )
     summary["plot"] = str(plot(out, f"{title}  ({datetime.fromtimestamp(started):%Y-%m-%d %H:%M})"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return code, out, summary
@@ -428,16 +520,22 @@ def describe(summary: dict[str, Any]) -> str:
         lines.append("  knee not reached: req/s still grew with users at the last step; add steps or users per step")
     for row in summary.get("steps", []):
         mark = "  <- knee" if row is summary.get("knee") and summary["knee_reached"] else ""
-        lines.append(f"  step {row['step']}: {row['users']:.0f} users, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
-                     f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures{mark}")
+        lines.append(
+            f"  step {row['step']}: {row['users']:.0f} users, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
+            f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures{mark}"
+        )
     for row in summary.get("phases", []):
-        lines.append(f"  /predict {row['phase']}: {row['seconds']:.0f} s, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
-                     f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures of {row['requests']:.0f}")
+        lines.append(
+            f"  /predict {row['phase']}: {row['seconds']:.0f} s, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
+            f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures of {row['requests']:.0f}"
+        )
     for event in summary["job"]:
         lines.append(f"  job at {event['t_s']:.1f} s: {event['status']} {event['detail'][:160]}")
     for version in summary["model_versions"]:
-        lines.append(f"  model {version['version']}: served from {version['first_seen_s']} s to {version['last_seen_s']} s "
-                     f"({version['responses']} responses)")
+        lines.append(
+            f"  model {version['version']}: served from {version['first_seen_s']} s to {version['last_seen_s']} s "
+            f"({version['responses']} responses)"
+        )
     lines.append(f"plot: {summary['plot']}  exit code: {summary['exit_code']}")
     return "\n".join(lines)
 

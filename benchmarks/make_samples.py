@@ -1,6 +1,6 @@
 """Generate the small sample image set the load test sends: `python -m benchmarks.make_samples`.
 
-MNIST test digits rendered by `backend.styles` as photos, dark and transparent canvas drawings,
+MNIST test digits rendered by `backend.data.renderings` as photos, dark and transparent canvas drawings,
 marker strokes and MNIST-style PNGs, 12 of each (every digit 0-9 six times in all), about 160 kB in
 all. The repo ships the result in benchmarks/samples/; the locustfile regenerates it if missing.
 File names carry the style and the true label: `<style>-<index>-d<label>.<png|jpg>`.
@@ -29,7 +29,7 @@ def pick_digits(labels: np.ndarray, count: int, rng: np.random.Generator, first:
 def generate(folder: Path = SAMPLES_DIR, per_style: int = PER_STYLE, seed: int = SEED) -> list[Path]:
     """Render the sample set into `folder` (replacing earlier samples) and return the files written."""
     from backend import styles
-    from backend.data import load_mnist
+    from backend.data.mnist import load_mnist
 
     mnist = load_mnist()
     rng = np.random.default_rng(seed)

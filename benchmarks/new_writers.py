@@ -38,7 +38,13 @@ def render_load_digits(seed: int = 0) -> tuple[list[bytes], np.ndarray]:
     rng = np.random.default_rng(seed)
     images = []
     for image in digits.images:
-        ink = np.asarray(Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((SIDE, SIDE), Image.Resampling.BICUBIC), np.float32) / 255
+        ink = (
+            np.asarray(
+                Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((SIDE, SIDE), Image.Resampling.BICUBIC),
+                np.float32,
+            )
+            / 255
+        )
         paper = rng.uniform(215, 250)
         gray = paper - ink * rng.uniform(150, 200) + rng.normal(0, 3, ink.shape)
         page = np.full((SIDE + 32, SIDE + 32), paper, np.float32)
@@ -81,19 +87,30 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = render_load_digits()
     order = np.random.default_rng(1).permutation(len(labels))
     uploaded, unseen = order[:UPLOADED], order[UPLOADED:]
-    env = {"MODEL_DIR": str(work / "models"), "DATA_DIR": str(work / "data"), "ADMIN_TOKEN": TOKEN,
-           "MNIST_PATH": os.environ.get("MNIST_PATH", "")}
+    env = {
+        "MODEL_DIR": str(work / "models"),
+        "DATA_DIR": str(work / "data"),
+        "ADMIN_TOKEN": TOKEN,
+        "MNIST_PATH": os.environ.get("MNIST_PATH", ""),
+    }
     with gunicorn(env=env, log_path=work / "server.log") as (url, _):
         unseen_images, unseen_labels = [images[i] for i in unseen], labels[unseen]
         before, _ = batch_accuracy(url, unseen_images, unseen_labels)
         form = {"epochs": str(args.epochs)} if args.epochs else {}
         started = time.perf_counter()
-        response = requests.post(f"{url}/upload_and_retrain", headers={"Authorization": f"Bearer {TOKEN}"},
-                                 files={"file": ("new_writers.zip", build_zip([images[i] for i in uploaded], labels[uploaded]))},
-                                 data=form, timeout=120)
+        response = requests.post(
+            f"{url}/upload_and_retrain",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            files={"file": ("new_writers.zip", build_zip([images[i] for i in uploaded], labels[uploaded]))},
+            data=form,
+            timeout=120,
+        )
         response.raise_for_status()
         accepted = response.json()
-        while (job := requests.get(f"{url}/jobs/{accepted['job_id']}", timeout=10).json())["status"] in ("queued", "running"):
+        while (job := requests.get(f"{url}/jobs/{accepted['job_id']}", timeout=10).json())["status"] in (
+            "queued",
+            "running",
+        ):
             time.sleep(1)
         job_seconds = time.perf_counter() - started
         time.sleep(0.5)
@@ -101,13 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     result = job["result"] or {}
     mnist = (result.get("comparison") or {}).get("mnist_test") or {}
     holdout = (result.get("comparison") or {}).get("upload_holdout") or {}
-    print(f"uploaded {accepted['dataset']['images']} images ({accepted['dataset']['holdout_images']} kept aside by the gate); "
-          f"{len(unseen)} never-uploaded images measure the result")
-    print(f"job {job['id']}: {job['status']} in {job_seconds:.0f} s (training {result.get('training_seconds')} s); "
-          f"{result.get('reason', job.get('error'))}")
+    print(
+        f"uploaded {accepted['dataset']['images']} images ({accepted['dataset']['holdout_images']} kept aside by the gate); "
+        f"{len(unseen)} never-uploaded images measure the result"
+    )
+    print(
+        f"job {job['id']}: {job['status']} in {job_seconds:.0f} s (training {result.get('training_seconds')} s); "
+        f"{result.get('reason', job.get('error'))}"
+    )
     print(f"new writers, never uploaded  : {before:.4f} -> {after:.4f}   (bar: >= 0.95), served by {sorted(versions)}")
-    print(f"upload hold-out (gate)       : {holdout.get('active', float('nan')):.4f} -> {holdout.get('candidate', float('nan')):.4f}")
-    print(f"official MNIST test (10,000) : {mnist.get('active', float('nan')):.4f} -> {mnist.get('candidate', float('nan')):.4f}   (bar: >= 0.991)")
+    print(
+        f"upload hold-out (gate)       : {holdout.get('active', float('nan')):.4f} -> {holdout.get('candidate', float('nan')):.4f}"
+    )
+    print(
+        f"official MNIST test (10,000) : {mnist.get('active', float('nan')):.4f} -> {mnist.get('candidate', float('nan')):.4f}   (bar: >= 0.991)"
+    )
     shutil.rmtree(work, ignore_errors=True)
     return 0 if job["status"] == "succeeded" else 1
 

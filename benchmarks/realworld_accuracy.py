@@ -3,7 +3,7 @@
     MNIST_PATH=../shared/data/mnist_subset.npz .venv/bin/python -m benchmarks.realworld_accuracy
 
 Every image goes through the real Flask /predict handler (the app's test client: same code as
-gunicorn runs, minus the socket). Styles are rendered from the MNIST test split by backend.styles.
+gunicorn runs, minus the socket). Styles are rendered from the MNIST test split by backend.data.renderings.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from backend.app import create_app
-from backend.data import load_mnist
-from backend.styles import mnist_png, render_set
+from backend.data.mnist import load_mnist
+from backend.data.renderings import mnist_png, render_set
+from backend.web.app import create_app
 
 BATCH = 250
 
@@ -59,12 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     results = style_accuracy(client, mnist, args.per_style, args.seed)
     right = sum(r for r, _ in results.values())
     total = sum(t for _, t in results.values())
-    print(f"model {version}; {args.per_style} MNIST test digits per style, rendered by backend.styles")
+    print(f"model {version}; {args.per_style} MNIST test digits per style, rendered by backend.data.renderings")
     print(f"{'style':<20} {'accuracy':>9} {'images':>7}")
     for style, (r, t) in results.items():
         print(f"{style:<20} {r / t:>9.4f} {t:>7}")
     print(f"{'overall':<20} {right / total:>9.4f} {total:>7}   ({time.perf_counter() - started:.0f} s)")
-    print(f"official MNIST test via /predict/batch as PNG: {official_batch_accuracy(client, mnist):.4f} (10,000 images)")
+    print(
+        f"official MNIST test via /predict/batch as PNG: {official_batch_accuracy(client, mnist):.4f} (10,000 images)"
+    )
     return 0
 
 

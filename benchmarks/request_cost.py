@@ -21,17 +21,17 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 from unittest import mock
 
 import numpy as np
 from PIL import Image
 
-from backend.app import create_app
-from backend.data import load_mnist
-from backend.inference import LiteModel
-from backend.preprocessing import preprocess_bytes
-from backend.styles import canvas_dark, mnist_png
+from backend.core.inference import LiteModel
+from backend.core.preprocessing import preprocess_bytes
+from backend.data.mnist import load_mnist
+from backend.data.renderings import canvas_dark, mnist_png
+from backend.web.app import create_app
 from benchmarks import bare_app, floor_app
 from benchmarks.serving_speed import BOUNDARY, multipart
 
@@ -51,9 +51,16 @@ VARIANTS = {
 def wsgi_post(app: Callable, body: bytes) -> bytes:
     """Send one multipart POST /predict straight to a WSGI app; return the response body."""
     environ = {
-        "REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "QUERY_STRING": "", "SERVER_NAME": "bench",
-        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-        "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}", "CONTENT_LENGTH": str(len(body)),
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/predict",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
+        "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
     }
     response = app(environ, lambda status, headers, exc_info=None: None)
@@ -79,7 +86,7 @@ def stand_ins(variant: str, model_input: np.ndarray, model_output: np.ndarray) -
     stub_stem, stub_model = VARIANTS[variant]
     with contextlib.ExitStack() as stack:
         if stub_stem:
-            stack.enter_context(mock.patch("backend.api.predict.preprocess_image", decode_only(model_input)))
+            stack.enter_context(mock.patch("backend.web.api.predict.preprocess_image", decode_only(model_input)))
         if stub_model:
             stack.enter_context(mock.patch.object(LiteModel, "predict", lambda self, images: model_output.copy()))
         yield
@@ -118,12 +125,16 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {variant: statistics.median(values) for variant, values in costs.items()}
     bare, full = medians[BARE], medians["/predict"]
-    print(f"image: {args.image}; {args.rounds} interleaved rounds x {args.requests} requests; CPU ms per request, median")
+    print(
+        f"image: {args.image}; {args.rounds} interleaved rounds x {args.requests} requests; CPU ms per request, median"
+    )
     for variant in VARIANTS:
         print(f"  {variant:36s} {medians[variant]:6.3f} ms   (+{medians[variant] - bare:.3f} over the bare app)")
     print(f"  the stem costs     {full - medians['/predict, stem -> decode only']:.3f} ms beyond decoding")
     print(f"  the model call     {full - medians['/predict, model -> fixed answer']:.3f} ms")
-    print(f"  the rest of /predict (routing, schemas, metrics, JSON) {medians['/predict, both stand-ins'] - bare:.3f} ms")
+    print(
+        f"  the rest of /predict (routing, schemas, metrics, JSON) {medians['/predict, both stand-ins'] - bare:.3f} ms"
+    )
     print(f"  APIFlask, metrics and the reload check {full - medians[FLOOR]:.3f} ms (/predict against the floor app)")
     return 0
 

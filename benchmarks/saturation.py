@@ -95,8 +95,10 @@ class Run:
 
     def line(self) -> str:
         """Format the run as one table row."""
-        return (f"{self.clients:7d} {self.rate:7.0f} {self.mean_ms:7.1f} {self.p50_ms:7.1f} {self.p99_ms:7.1f} {self.max_ms:8.1f} "
-                f"{self.slow:6d} {self.timeouts:8d} {self.errors:6d}  {self.cpu_split:>7s}  {self.load:4.1f}")
+        return (
+            f"{self.clients:7d} {self.rate:7.0f} {self.mean_ms:7.1f} {self.p50_ms:7.1f} {self.p99_ms:7.1f} {self.max_ms:8.1f} "
+            f"{self.slow:6d} {self.timeouts:8d} {self.errors:6d}  {self.cpu_split:>7s}  {self.load:4.1f}"
+        )
 
 
 HEADER = f"{'clients':>7s} {'req/s':>7s} {'mean ms':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>8s} {'>1 s':>6s} {'timeouts':>8s} {'errors':>6s}  {'split':>7s}  load"
@@ -110,15 +112,26 @@ def write_load(folder: Path) -> tuple[Path, list[Path]]:
         path.write_bytes(multipart(image))
         bodies.append(path)
     script = folder / "saturation.lua"
-    script.write_text(LUA_SCRIPT % {"content_type": f"multipart/form-data; boundary={BOUNDARY}",
-                                    "slow_us": int(SLOW_SECONDS * 1e6)})
+    script.write_text(
+        LUA_SCRIPT % {"content_type": f"multipart/form-data; boundary={BOUNDARY}", "slow_us": int(SLOW_SECONDS * 1e6)}
+    )
     return script, bodies
 
 
 def wrk(url: str, script: Path, bodies: list[Path], clients: int, seconds: float) -> dict[str, int]:
     """Run wrk with `clients` keep-alive connections for `seconds`; return the figures its done() hook printed."""
-    command = ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", f"--timeout={WRK_TIMEOUT_SECONDS}s",
-               "-s", str(script), f"{url}/predict", "--", *map(str, bodies)]
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{clients}",
+        f"-d{max(1, round(seconds))}s",
+        f"--timeout={WRK_TIMEOUT_SECONDS}s",
+        "-s",
+        str(script),
+        f"{url}/predict",
+        "--",
+        *map(str, bodies),
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     found = re.search(r"saturation-result (.*)", output)
     if not found:
@@ -135,15 +148,25 @@ def measure(url: str, master_pid: int, script: Path, bodies: list[Path], clients
     spent = [cpu_seconds(pid) - used for pid, used in zip(workers, before)]
     split = "/".join(f"{cpu / (sum(spent) or 1) * 100:.0f}" for cpu in spent)
     ms = {f"{name}_ms": result[f"{name}_us"] / 1000 for name in ("mean", "p50", "p99", "max")}
-    return Run(clients=clients, rate=result["requests"] / (result["duration_us"] / 1e6), **ms, slow=result["slow"], timeouts=result["timeout"],
-               errors=sum(result[kind] for kind in ("connect", "read", "write", "status")), cpu_split=split, load=load)
+    return Run(
+        clients=clients,
+        rate=result["requests"] / (result["duration_us"] / 1e6),
+        **ms,
+        slow=result["slow"],
+        timeouts=result["timeout"],
+        errors=sum(result[kind] for kind in ("connect", "read", "write", "status")),
+        cpu_split=split,
+        load=load,
+    )
 
 
 def verdict(runs: list[Run]) -> list[str]:
     """Check the bar on the runs with the most clients against those with the fewest; return report lines."""
     few, many = min(run.clients for run in runs), max(run.clients for run in runs)
     crowd = [run for run in runs if run.clients == many]
-    ratio = statistics.median(run.rate for run in crowd) / statistics.median(run.rate for run in runs if run.clients == few)
+    ratio = statistics.median(run.rate for run in crowd) / statistics.median(
+        run.rate for run in runs if run.clients == few
+    )
     worst_p99 = max(run.p99_ms for run in crowd)
     slow = sum(run.slow for run in crowd)
     failures = sum(run.timeouts + run.errors for run in crowd)
@@ -153,15 +176,19 @@ def verdict(runs: list[Run]) -> list[str]:
         (f"{many}-client timeouts and errors", f"{failures}", "0", failures == 0),
         (f"req/s {many} / {few} clients (medians)", f"{ratio:.2f}", f">= {BAR_RATE_RATIO}", ratio >= BAR_RATE_RATIO),
     ]
-    return [f"{name:34s}: {value:>9s}   (bar: {bar}) {'ok' if passed else 'MISSED'}" for name, value, bar, passed in checks]
+    return [
+        f"{name:34s}: {value:>9s}   (bar: {bar}) {'ok' if passed else 'MISSED'}" for name, value, bar, passed in checks
+    ]
 
 
 def run_all(args: argparse.Namespace, folder: Path) -> list[Run]:
     """Start the server with a DATA_DIR in `folder`, warm it up and measure each run in order, printing as it goes."""
     script, bodies = write_load(folder)
     env = {"MODEL_DIR": args.model_dir, "DATA_DIR": str(folder / "data")}
-    print(f"{len(bodies)} user-style images from benchmarks/samples, wrk -t1, {args.seconds:.0f} s per run, "
-          f"gunicorn -c backend/gunicorn.conf.py {args.gunicorn_args} backend.wsgi:app".replace("  ", " "))
+    print(
+        f"{len(bodies)} user-style images from benchmarks/samples, wrk -t1, {args.seconds:.0f} s per run, "
+        f"gunicorn -c backend/gunicorn.conf.py {args.gunicorn_args} backend.wsgi:app".replace("  ", " ")
+    )
     with gunicorn("backend.wsgi:app", env, extra_args=shlex.split(args.gunicorn_args)) as (url, master):
         if args.warm_up > 0:
             wrk(url, script, bodies, min(args.connections), args.warm_up)
@@ -173,12 +200,13 @@ def run_all(args: argparse.Namespace, folder: Path) -> list[Run]:
     return runs
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """Run the alternating few/many-client wrk loads against a fresh server and print the figures and the bar."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model-dir", default="models")
-    parser.add_argument("--connections", type=int, nargs="+", default=[8, 64, 64, 8], help="wrk connections per run, in order")
+    parser.add_argument(
+        "--connections", type=int, nargs="+", default=[8, 64, 64, 8], help="wrk connections per run, in order"
+    )
     parser.add_argument("--seconds", type=float, default=15, help="length of each run")
     parser.add_argument("--warm-up", type=float, default=3, help="seconds of load before the first measured run")
     parser.add_argument("--gunicorn-args", default="", help="extra gunicorn options, e.g. '--keep-alive 0'")

@@ -2,7 +2,7 @@
 
     MNIST_PATH=../shared/data/mnist_subset.npz .venv/bin/python -m benchmarks.sequence_accuracy
 
-Rows are written dark on light at 2-4x MNIST size with normal spacing (backend.styles.digit_row).
+Rows are written dark on light at 2-4x MNIST size with normal spacing (backend.data.renderings.digit_row).
 A row counts only if every digit is read and in order.
 """
 
@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from backend.app import create_app
-from backend.data import load_mnist
-from backend.styles import digit_row
+from backend.data.mnist import load_mnist
+from backend.data.renderings import digit_row
+from backend.web.app import create_app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rows):
         idx = rng.choice(len(mnist.y_test), size=int(rng.integers(3, 7)), replace=False)
         truth = "".join(str(d) for d in mnist.y_test[idx])
-        read = client.post("/predict/sequence", data={"file": (io.BytesIO(digit_row(mnist.x_test[idx], rng)), "row.png")}).json["digits"]
+        read = client.post(
+            "/predict/sequence", data={"file": (io.BytesIO(digit_row(mnist.x_test[idx], rng)), "row.png")}
+        ).json["digits"]
         exact += read == truth
         wrong_count += len(read) != len(truth)
         digits_total += len(truth)
         digits_right += sum(a == b for a, b in zip(read, truth)) if len(read) == len(truth) else 0
-    print(f"{args.rows} rows of 3-6 MNIST test digits, dark on light, 2-4x size ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"{args.rows} rows of 3-6 MNIST test digits, dark on light, 2-4x size ({time.perf_counter() - started:.0f} s)"
+    )
     print(f"rows read exactly           : {exact / args.rows:.4f}   (bar: >= 0.95)")
     print(f"rows with a wrong digit count: {wrong_count / args.rows:.4f}")
     print(f"digits right (rows segmented right): {digits_right / digits_total:.4f}")

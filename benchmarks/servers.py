@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import requests
 
@@ -70,9 +70,15 @@ def context_switches(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(app: str = "backend.wsgi:app", env: dict[str, str] | None = None, workers: int | None = None,
-             log_path: Path | None = None, extra_args: list[str] | None = None, host: str = "127.0.0.1",
-             port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def gunicorn(
+    app: str = "backend.wsgi:app",
+    env: dict[str, str] | None = None,
+    workers: int | None = None,
+    log_path: Path | None = None,
+    extra_args: list[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run `gunicorn -c backend/gunicorn.conf.py <app>` on a loopback port (a free one by default); yield (base URL, process)."""
     port = port or free_port()
     command = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), "--bind", f"{host}:{port}"]

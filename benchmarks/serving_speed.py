@@ -28,34 +28,54 @@ import tempfile
 import time
 import timeit
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import numpy as np
 
-from backend.data import load_mnist
-from backend.inference import ActiveModel
-from backend.store import ModelStore
-from backend.styles import canvas_dark, mnist_png
-from benchmarks.servers import context_switches, cpu_seconds, gunicorn, peak_rss_mb, worker_pids
+from backend.core.inference import ActiveModel
+from backend.core.store import ModelStore
+from backend.data.mnist import load_mnist
+from backend.data.renderings import canvas_dark, mnist_png
+from benchmarks.servers import (
+    context_switches,
+    cpu_seconds,
+    gunicorn,
+    peak_rss_mb,
+    worker_pids,
+)
 
 BOUNDARY = uuid.uuid4().hex
 LOCUST_USER = Path(__file__).with_name("locust_same_image.py")
 # --floor: name -> (gunicorn app, what its ratio bounds)
 FLOORS = {
-    "floor app": ("benchmarks.floor_app:create_app()", "stem + model with no framework: the most trimming the framework could reach"),
-    "stem only": ("benchmarks.floor_app:create_app(run_model=False)", "the stem alone, as if the model and framework were free"),
+    "floor app": (
+        "benchmarks.floor_app:create_app()",
+        "stem + model with no framework: the most trimming the framework could reach",
+    ),
+    "stem only": (
+        "benchmarks.floor_app:create_app(run_model=False)",
+        "the stem alone, as if the model and framework were free",
+    ),
 }
 WARM_UP_SECONDS = 3
-Load = Callable[[str, bytes, int, float], tuple[float, int, int]]  # (url, body, clients, seconds) -> (req/s, ok, failed)
+Load = Callable[
+    [str, bytes, int, float], tuple[float, int, int]
+]  # (url, body, clients, seconds) -> (req/s, ok, failed)
 
 
 def multipart(image: bytes) -> bytes:
     """Build a multipart/form-data body with the image in field `file`."""
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def post(connection: http.client.HTTPConnection, body: bytes) -> int:
@@ -70,9 +90,30 @@ def locust_throughput(url: str, body: bytes, clients: int, seconds: float) -> tu
     """Measure with Locust (FastHttpUser, no wait between requests), whose workers share the two cores."""
     folder = Path(tempfile.mkdtemp(prefix="speed-locust-"))
     (folder / "body").write_bytes(body)
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUST_USER), "--headless", "--only-summary", "-H", url,
-               "-u", str(clients), "-r", str(clients), "-t", f"{int(seconds)}s", "--csv", str(folder / "run")]
-    env = {**os.environ, "SPEED_BODY": str(folder / "body"), "SPEED_CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}"}
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUST_USER),
+        "--headless",
+        "--only-summary",
+        "-H",
+        url,
+        "-u",
+        str(clients),
+        "-r",
+        str(clients),
+        "-t",
+        f"{int(seconds)}s",
+        "--csv",
+        str(folder / "run"),
+    ]
+    env = {
+        **os.environ,
+        "SPEED_BODY": str(folder / "body"),
+        "SPEED_CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
+    }
     subprocess.run(command, env=env, capture_output=True)  # exits non-zero when a request failed; the CSV says how many
     with (folder / "run_stats.csv").open() as stats:
         total = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
@@ -84,10 +125,16 @@ def wrk_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple
     """Measure with wrk (Debian package `wrk`), whose C client leaves the two cores to the server."""
     script = Path(tempfile.mkdtemp()) / "post.lua"
     escaped = "".join(f"\\{byte:03d}" for byte in body)  # Lua decimal escapes keep the body byte-exact
-    script.write_text(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
-                      f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n')
-    output = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(script), f"{url}/predict"],
-                            capture_output=True, text=True, check=True).stdout
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
+        f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
+    )
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(script), f"{url}/predict"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     total = int(re.search(r"(\d+) requests in", output).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -129,8 +176,13 @@ def measure(app: str, env: dict[str, str], load: Load, body: bytes, clients: int
         before = [cpu_seconds(pid) for pid in workers]
         switches_before = sum(map(context_switches, workers))
         rate, ok, failed = load(url, body, clients, seconds)
-        return LoadRun(rate, ok, failed, [cpu_seconds(pid) - spent for pid, spent in zip(workers, before)],
-                       sum(map(context_switches, workers)) - switches_before)
+        return LoadRun(
+            rate,
+            ok,
+            failed,
+            [cpu_seconds(pid) - spent for pid, spent in zip(workers, before)],
+            sum(map(context_switches, workers)) - switches_before,
+        )
 
 
 def latency_ms(url: str, body: bytes, requests: int) -> list[float]:
@@ -170,10 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="fresh bare + /predict server pairs to measure")
     parser.add_argument("--latency-requests", type=int, default=1000)
     parser.add_argument("--image", choices=["mnist", "canvas"], default="mnist")
-    parser.add_argument("--client", choices=sorted(LOADS), default=DEFAULT_CLIENT,
-                        help="load generator: wrk (apt-get install wrk; the default when present) or Locust")
-    parser.add_argument("--floor", action="store_true",
-                        help="also measure benchmarks/floor_app.py in every round: the stem and model alone, and the stem alone")
+    parser.add_argument(
+        "--client",
+        choices=sorted(LOADS),
+        default=DEFAULT_CLIENT,
+        help="load generator: wrk (apt-get install wrk; the default when present) or Locust",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure benchmarks/floor_app.py in every round: the stem and model alone, and the stem alone",
+    )
     args = parser.parse_args(argv)
     load = LOADS[args.client]
 
@@ -189,28 +248,40 @@ def main(argv: list[str] | None = None) -> int:
         times = latency_ms(url, body, args.latency_requests)
         rss = [peak_rss_mb(pid) for pid in worker_pids(master.pid)]
 
-    print(f"image: {args.image} ({len(image)} bytes); {args.clients} {args.client} connections x {args.seconds:.0f} s; "
-          f"gunicorn config backend/gunicorn.conf.py")
+    print(
+        f"image: {args.image} ({len(image)} bytes); {args.clients} {args.client} connections x {args.seconds:.0f} s; "
+        f"gunicorn config backend/gunicorn.conf.py"
+    )
     for number, (ceiling, predict, *floor) in enumerate(rounds, start=1):
-        print(f"round {number}: bare ceiling {ceiling.rate:7.1f} req/s ({ceiling.ok} ok, {ceiling.failed} failed), "
-              f"{ceiling.cpu_ms_per_request:.2f} ms worker CPU and {ceiling.switches_per_request:.1f} context switches/request, "
-              f"split {_split(ceiling)}; /predict {predict.rate:7.1f} req/s ({predict.ok} ok, {predict.failed} failed), "
-              f"{predict.cpu_ms_per_request:.2f} ms, {predict.switches_per_request:.1f} switches, split {_split(predict)}; "
-              f"ratio {predict.rate / ceiling.rate:.2f}")
+        print(
+            f"round {number}: bare ceiling {ceiling.rate:7.1f} req/s ({ceiling.ok} ok, {ceiling.failed} failed), "
+            f"{ceiling.cpu_ms_per_request:.2f} ms worker CPU and {ceiling.switches_per_request:.1f} context switches/request, "
+            f"split {_split(ceiling)}; /predict {predict.rate:7.1f} req/s ({predict.ok} ok, {predict.failed} failed), "
+            f"{predict.cpu_ms_per_request:.2f} ms, {predict.switches_per_request:.1f} switches, split {_split(predict)}; "
+            f"ratio {predict.rate / ceiling.rate:.2f}"
+        )
         for name, run in zip(FLOORS, floor):
-            print(f"         {name} {run.rate:7.1f} req/s ({run.ok} ok, {run.failed} failed), "
-                  f"{run.cpu_ms_per_request:.2f} ms, {run.switches_per_request:.1f} switches; ratio {run.rate / ceiling.rate:.2f}")
+            print(
+                f"         {name} {run.rate:7.1f} req/s ({run.ok} ok, {run.failed} failed), "
+                f"{run.cpu_ms_per_request:.2f} ms, {run.switches_per_request:.1f} switches; ratio {run.rate / ceiling.rate:.2f}"
+            )
     ratios = [predict.rate / ceiling.rate for ceiling, predict, *_ in rounds]
     cpu_ratios = [ceiling.cpu_ms_per_request / predict.cpu_ms_per_request for ceiling, predict, *_ in rounds]
     print(f"ratio to ceiling, median of {len(rounds)}     : {statistics.median(ratios):8.2f}   (bar: >= 0.75)")
     for index, (name, (_, bound)) in enumerate(FLOORS.items() if args.floor else []):
         floor_ratio = statistics.median(runs[2 + index].rate / runs[0].rate for runs in rounds)
         print(f"{name + ' ratio, median':33s}: {floor_ratio:8.2f}   ({bound})")
-    print(f"worker CPU per request, bare / /predict: {statistics.median(cpu_ratios):8.2f}   (median; the ratio if both kept the cores busy)")
-    print(f"single-client latency            : median {statistics.median(times):.2f} ms, "
-          f"p95 {np.percentile(times, 95):.2f} ms, p99 {np.percentile(times, 99):.2f} ms   (bar: median <= 5 ms)")
+    print(
+        f"worker CPU per request, bare / /predict: {statistics.median(cpu_ratios):8.2f}   (median; the ratio if both kept the cores busy)"
+    )
+    print(
+        f"single-client latency            : median {statistics.median(times):.2f} ms, "
+        f"p95 {np.percentile(times, 95):.2f} ms, p99 {np.percentile(times, 99):.2f} ms   (bar: median <= 5 ms)"
+    )
     print(f"peak RSS per worker              : {', '.join(f'{r:.0f} MB' for r in rss)}   (bar: <= 150 MB)")
-    print(f"reload check per request         : {reload_check_microseconds(args.model_dir):.1f} us (one os.stat of models/ACTIVE)")
+    print(
+        f"reload check per request         : {reload_check_microseconds(args.model_dir):.1f} us (one os.stat of models/ACTIVE)"
+    )
     return 0
 
 

@@ -20,10 +20,17 @@ import threading
 import numpy as np
 import requests
 
-from backend.data import load_mnist
-from backend.styles import mnist_png
+from backend.data.mnist import load_mnist
+from backend.data.renderings import mnist_png
 from benchmarks.servers import gunicorn
-from benchmarks.serving_speed import DEFAULT_CLIENT, LOADS, LoadRun, latency_ms, measure, multipart
+from benchmarks.serving_speed import (
+    DEFAULT_CLIENT,
+    LOADS,
+    LoadRun,
+    latency_ms,
+    measure,
+    multipart,
+)
 
 BATCH_SIZE = 100
 WORKER_CLASSES = {
@@ -33,7 +40,9 @@ WORKER_CLASSES = {
 }
 
 
-def latency_beside_batches(env: dict[str, str], body: bytes, batch: list[bytes], requests_timed: int) -> tuple[list[float], list[float]]:
+def latency_beside_batches(
+    env: dict[str, str], body: bytes, batch: list[bytes], requests_timed: int
+) -> tuple[list[float], list[float]]:
     """Time single-image requests to a 1-worker server, alone and while another client posts batches."""
     with gunicorn("backend.wsgi:app", env, workers=1) as (url, _):
         alone = latency_ms(url, body, requests_timed)
@@ -43,7 +52,9 @@ def latency_beside_batches(env: dict[str, str], body: bytes, batch: list[bytes],
             """Keep the worker busy with /predict/batch until told to stop."""
             with requests.Session() as session:
                 while not stop.is_set():
-                    session.post(f"{url}/predict/batch", files=[("files", image) for image in batch], timeout=60).raise_for_status()
+                    session.post(
+                        f"{url}/predict/batch", files=[("files", image) for image in batch], timeout=60
+                    ).raise_for_status()
 
         background = threading.Thread(target=post_batches)
         background.start()
@@ -78,19 +89,27 @@ def main(argv: list[str] | None = None) -> int:
         for name, env in WORKER_CLASSES.items():
             runs[name].append(measure("backend.wsgi:app", {**base, **env}, load, body, args.clients, args.seconds))
 
-    print(f"/predict under load: {args.clients} {args.client} connections x {args.seconds:.0f} s, 2 workers, "
-          f"median of {args.rounds} interleaved rounds")
+    print(
+        f"/predict under load: {args.clients} {args.client} connections x {args.seconds:.0f} s, 2 workers, "
+        f"median of {args.rounds} interleaved rounds"
+    )
     print(f"{'worker class':30s} {'req/s':>7s} {'CPU ms/request':>15s} {'switches/request':>17s}")
     for name, measured in runs.items():
-        print(f"{name:30s} {statistics.median(run.rate for run in measured):7.0f} "
-              f"{statistics.median(run.cpu_ms_per_request for run in measured):15.2f} "
-              f"{statistics.median(run.switches_per_request for run in measured):17.1f}")
+        print(
+            f"{name:30s} {statistics.median(run.rate for run in measured):7.0f} "
+            f"{statistics.median(run.cpu_ms_per_request for run in measured):15.2f} "
+            f"{statistics.median(run.switches_per_request for run in measured):17.1f}"
+        )
 
-    print(f"\nsingle-image /predict latency on a 1-worker server, alone / while another client posts {BATCH_SIZE}-image batches")
+    print(
+        f"\nsingle-image /predict latency on a 1-worker server, alone / while another client posts {BATCH_SIZE}-image batches"
+    )
     for name, env in WORKER_CLASSES.items():
         alone, beside = latency_beside_batches({**base, **env}, body, batch, args.latency_requests)
-        print(f"{name:30s} median {statistics.median(alone):5.1f} / {statistics.median(beside):5.1f} ms, "
-              f"p99 {np.percentile(alone, 99):5.1f} / {np.percentile(beside, 99):5.1f} ms")
+        print(
+            f"{name:30s} median {statistics.median(alone):5.1f} / {statistics.median(beside):5.1f} ms, "
+            f"p99 {np.percentile(alone, 99):5.1f} / {np.percentile(beside, 99):5.1f} ms"
+        )
     return 0
 
 

@@ -94,7 +94,9 @@ class BackendClient:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, admin: bool = False, timeout: float = READ_TIMEOUT, **kwargs: Any) -> requests.Response:
+    def _request(
+        self, method: str, path: str, *, admin: bool = False, timeout: float = READ_TIMEOUT, **kwargs: Any
+    ) -> requests.Response:
         """Send one request and return the response, raising BackendError on any failure."""
         headers = kwargs.pop("headers", {})
         if admin:
@@ -105,9 +107,13 @@ class BackendClient:
         try:
             response = self.session.request(method, url, headers=headers, timeout=timeout, **kwargs)
         except requests.Timeout:
-            raise BackendError(f"The backend at {self.base_url} did not answer {method} {path} within {timeout:.0f} s.") from None
+            raise BackendError(
+                f"The backend at {self.base_url} did not answer {method} {path} within {timeout:.0f} s."
+            ) from None
         except requests.RequestException as exc:
-            raise BackendError(f"Cannot reach the backend at {self.base_url} ({type(exc).__name__}). Is it running? Start it with `make backend`.") from None
+            raise BackendError(
+                f"Cannot reach the backend at {self.base_url} ({type(exc).__name__}). Is it running? Start it with `make backend`."
+            ) from None
         if response.status_code >= 400:
             raise _error_from(response, method, path)
         return response
@@ -118,7 +124,9 @@ class BackendClient:
         try:
             return response.json()
         except ValueError:
-            raise BackendError(f"{method} {path} answered {response.status_code} without JSON.", response.status_code) from None
+            raise BackendError(
+                f"{method} {path} answered {response.status_code} without JSON.", response.status_code
+            ) from None
 
     # -- read-only ----------------------------------------------------------------------------
 
@@ -170,7 +178,9 @@ class BackendClient:
         """POST /explain: the prediction with a saliency heatmap and overlay PNG (base64)."""
         return self._json("POST", "/explain", files={"file": image.field()}, timeout=UPLOAD_TIMEOUT)
 
-    def feedback(self, image: Upload, label: int, predicted: int | None = None, model_version: str | None = None) -> dict[str, Any]:
+    def feedback(
+        self, image: Upload, label: int, predicted: int | None = None, model_version: str | None = None
+    ) -> dict[str, Any]:
         """POST /feedback: store the image with its right label for later retraining."""
         form = {"label": str(int(label))}
         if predicted is not None:
@@ -185,15 +195,29 @@ class BackendClient:
         """POST /models/<version>/activate (admin): switch the served version."""
         return self._json("POST", f"/models/{requests.utils.quote(version, safe='')}/activate", admin=True)
 
-    def retrain(self, epochs: int, start_from: str, include_uploads: bool = False, include_feedback: bool = False) -> dict[str, Any]:
+    def retrain(
+        self, epochs: int, start_from: str, include_uploads: bool = False, include_feedback: bool = False
+    ) -> dict[str, Any]:
         """POST /retrain (admin): queue a training job on MNIST (plus uploads/feedback if asked)."""
-        payload = {"epochs": int(epochs), "from": start_from, "include_uploads": include_uploads, "include_feedback": include_feedback}
+        payload = {
+            "epochs": int(epochs),
+            "from": start_from,
+            "include_uploads": include_uploads,
+            "include_feedback": include_feedback,
+        }
         return self._json("POST", "/retrain", admin=True, json=payload)
 
     def upload_and_retrain(self, archive: Upload, epochs: int | None = None) -> dict[str, Any]:
         """POST /upload_and_retrain (admin): send a ZIP of folders 0-9 and queue a training job on it."""
         form = {"epochs": str(int(epochs))} if epochs else None
-        return self._json("POST", "/upload_and_retrain", admin=True, data=form, files={"file": archive.field()}, timeout=UPLOAD_TIMEOUT)
+        return self._json(
+            "POST",
+            "/upload_and_retrain",
+            admin=True,
+            data=form,
+            files={"file": archive.field()},
+            timeout=UPLOAD_TIMEOUT,
+        )
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """POST /jobs/<id>/cancel (admin): stop a queued or running job."""
@@ -210,8 +234,12 @@ class BackendClient:
 
     def review_feedback(self, feedback_id: str, status: str) -> dict[str, Any]:
         """POST /feedback/<id>/review (admin): accept or reject one feedback record for training."""
-        return self._json("POST", f"/feedback/{requests.utils.quote(feedback_id, safe='')}/review", admin=True,
-                          json={"status": status})
+        return self._json(
+            "POST",
+            f"/feedback/{requests.utils.quote(feedback_id, safe='')}/review",
+            admin=True,
+            json={"status": status},
+        )
 
 
 def _error_from(response: requests.Response, method: str, path: str) -> BackendError:

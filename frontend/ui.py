@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import altair as alt
 import numpy as np
@@ -11,7 +12,13 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from client import TOKEN_HELP, BackendClient, BackendError, backend_url, local_admin_token
+from client import (
+    TOKEN_HELP,
+    BackendClient,
+    BackendError,
+    backend_url,
+    local_admin_token,
+)
 
 T = TypeVar("T")
 
@@ -136,10 +143,17 @@ def sidebar_status() -> dict[str, Any] | None:
         elif version:  # degraded: serving `version`, but could not load the newly activated one
             st.warning(f"Serving `{version}`, degraded: {health.get('reason')}", icon=":material/warning:")
         else:
-            st.warning(f"Up, but no model is active ({health.get('status')}). Train one with `make train`.", icon=":material/warning:")
+            st.warning(
+                f"Up, but no model is active ({health.get('status')}). Train one with `make train`.",
+                icon=":material/warning:",
+            )
         if not dashboard_is_local():
-            st.text_input("Admin token", type="password", key=TOKEN_KEY,
-                          help="This dashboard is reachable from the network, so admin actions need the token typed here.")
+            st.text_input(
+                "Admin token",
+                type="password",
+                key=TOKEN_KEY,
+                help="This dashboard is reachable from the network, so admin actions need the token typed here.",
+            )
         st.caption("Admin token: found" if admin_token() else "Admin token: not set (admin actions are disabled)")
         return health
 
@@ -179,7 +193,9 @@ def curve_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
         .encode(
             x=alt.X("epoch:Q", axis=alt.Axis(format="d", tickMinStep=1), scale=alt.Scale(domainMin=1)),
             # Loss spans orders of magnitude over a run, so it reads better on a log scale.
-            y=alt.Y(f"{title}:Q", scale=alt.Scale(type="log") if title == "loss" else alt.Scale(zero=False), title=None),
+            y=alt.Y(
+                f"{title}:Q", scale=alt.Scale(type="log") if title == "loss" else alt.Scale(zero=False), title=None
+            ),
             color=alt.Color("split:N", scale=alt.Scale(domain=["train", "validation"]), legend=alt.Legend(title=None)),
             tooltip=["epoch:Q", "split:N", alt.Tooltip(f"{title}:Q", format=".4f")],
         )
@@ -209,7 +225,8 @@ def sources_text(sources: list[dict[str, Any]] | None) -> str:
     if not sources:
         return "—"
     return "; ".join(
-        f"{s.get('name', '?')}: {s.get('examples', '?')} images" + (f" ({s['origin']})" if s.get("origin") else "") for s in sources
+        f"{s.get('name', '?')}: {s.get('examples', '?')} images" + (f" ({s['origin']})" if s.get("origin") else "")
+        for s in sources
     )
 
 
@@ -218,7 +235,7 @@ def plain_reason(reason: str | None) -> str:
     text = (reason or "").strip()
     for prefix in ("promoted: ", "rejected: "):
         if text.lower().startswith(prefix):
-            return text[len(prefix):]
+            return text[len(prefix) :]
     return text
 
 

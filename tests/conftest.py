@@ -14,17 +14,10 @@ os.environ.setdefault("MNIST_PATH", str(SHARED_MNIST))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the suite's markers and quiet third-party deprecation noise (no pytest.ini at the top level)."""
-    config.addinivalue_line("markers", "browser: drives headless Chromium against the real backend and dashboard")
-    for noise in ("ignore::DeprecationWarning", "ignore::UserWarning:keras.*", "ignore::UserWarning:apispec.*"):
-        config.addinivalue_line("filterwarnings", noise)
-
-
 @pytest.fixture(scope="session")
 def mnist():
     """Raw MNIST arrays from MNIST_PATH."""
-    from backend.data import load_mnist
+    from backend.data.mnist import load_mnist
 
     return load_mnist()
 
@@ -41,7 +34,7 @@ TINY_TRAIN, TINY_TEST = 300, 200
 @pytest.fixture(scope="session")
 def tiny_data():
     """A few hundred stemmed MNIST images: enough to exercise training end to end."""
-    from backend.train import mnist_training_data
+    from backend.training.train import mnist_training_data
 
     return mnist_training_data(limit=TINY_TRAIN, test_limit=TINY_TEST)
 
@@ -49,8 +42,8 @@ def tiny_data():
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory, tiny_data):
     """A model store holding one tiny, one-epoch version, made active."""
-    from backend.store import ModelStore
-    from backend.train import TrainingConfig, train_and_publish
+    from backend.core.store import ModelStore
+    from backend.training.train import TrainingConfig, train_and_publish
 
     store = ModelStore(tmp_path_factory.mktemp("models"))
     version = train_and_publish(store, tiny_data, TrainingConfig(epochs=1, batch_size=64), verbose=0)
@@ -61,9 +54,11 @@ def trained_store(tmp_path_factory, tiny_data):
 @pytest.fixture()
 def app(trained_store, tmp_path):
     """The API app on the tiny trained store, with a private data folder."""
-    from backend.app import create_app
+    from backend.web.app import create_app
 
-    return create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path / "data", "MAX_UPLOAD_MB": 2, "MAX_BATCH_FILES": 120})
+    return create_app(
+        {"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path / "data", "MAX_UPLOAD_MB": 2, "MAX_BATCH_FILES": 120}
+    )
 
 
 @pytest.fixture()
@@ -87,8 +82,13 @@ def png_bytes(array: np.ndarray) -> bytes:
 def tiny_mnist_path(tmp_path_factory, mnist) -> Path:
     """A small MNIST .npz (400 train, 300 test images) so that job processes train in seconds."""
     path = tmp_path_factory.mktemp("mnist") / "tiny_mnist.npz"
-    np.savez(path, x_train=mnist.x_train[:400], y_train=mnist.y_train[:400],
-             x_test=mnist.x_test[:300], y_test=mnist.y_test[:300])
+    np.savez(
+        path,
+        x_train=mnist.x_train[:400],
+        y_train=mnist.y_train[:400],
+        x_test=mnist.x_test[:300],
+        y_test=mnist.y_test[:300],
+    )
     return path
 
 
@@ -100,12 +100,18 @@ def job_app(trained_store, tmp_path, tiny_mnist_path):
     """An app on a private copy of the tiny store whose jobs train on tiny MNIST."""
     import shutil
 
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     models = tmp_path / "models"
     shutil.copytree(trained_store.root, models)
-    return create_app({"MODEL_DIR": models, "DATA_DIR": tmp_path / "data", "MNIST_PATH": str(tiny_mnist_path),
-                       "ADMIN_TOKEN": ADMIN_TOKEN})
+    return create_app(
+        {
+            "MODEL_DIR": models,
+            "DATA_DIR": tmp_path / "data",
+            "MNIST_PATH": str(tiny_mnist_path),
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+    )
 
 
 @pytest.fixture()
@@ -117,8 +123,8 @@ def job_client(job_app):
 @pytest.fixture(scope="session")
 def shipped_client(tmp_path_factory):
     """A client on the committed model store (read-only use: never activate or train here)."""
-    from backend.app import create_app
-    from backend.store import ModelStore
+    from backend.core.store import ModelStore
+    from backend.web.app import create_app
 
     store = ModelStore(REPO_ROOT / "models")
     if store.active_version() is None:

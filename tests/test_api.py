@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
-import zlib
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -51,7 +51,9 @@ def test_predict_include_input(client, digit):
 
 def test_batch_keeps_order_and_matches_single(client, trained_store, mnist):
     images = [png_bytes(mnist.x_test[i]) for i in range(12)]
-    response = client.post("/predict/batch", data={"files": [(io.BytesIO(b), f"{i}.png") for i, b in enumerate(images)]})
+    response = client.post(
+        "/predict/batch", data={"files": [(io.BytesIO(b), f"{i}.png") for i, b in enumerate(images)]}
+    )
     assert response.status_code == 200
     predictions = response.json["predictions"]
     assert len(predictions) == 12
@@ -117,11 +119,17 @@ def test_openapi_and_docs(client):
 
 def huge_png(width: int, height: int) -> bytes:
     """A tiny file that claims a huge size: a decompression bomb's header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,8 +149,21 @@ def huge_png(width: int, height: int) -> bytes:
         ({"data": "[" * 5000 + "]" * 5000, "content_type": "application/json"}, 400, "'image'"),
         ({"data": {"file": (io.BytesIO(b"x"), "a.png"), **{f"f{i}": "x" for i in range(1100)}}}, 413, "parts"),
     ],
-    ids=["no-field", "wrong-field", "empty", "text", "blank", "bomb", "too-big", "json-no-image", "bad-base64",
-         "json-list", "broken-json", "json-nested-5000-deep", "too-many-form-parts"],
+    ids=[
+        "no-field",
+        "wrong-field",
+        "empty",
+        "text",
+        "blank",
+        "bomb",
+        "too-big",
+        "json-no-image",
+        "bad-base64",
+        "json-list",
+        "broken-json",
+        "json-nested-5000-deep",
+        "too-many-form-parts",
+    ],
 )
 def test_predict_errors(client, kwargs, status, words):
     response = client.post("/predict", **kwargs)
@@ -169,7 +190,7 @@ def test_unknown_route_and_wrong_method_are_json(client):
 
 
 def test_no_active_model_is_503(tmp_path):
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     client = create_app({"MODEL_DIR": tmp_path, "DATA_DIR": tmp_path / "data"}).test_client()
     assert client.get("/health").status_code == 503
@@ -204,19 +225,19 @@ def test_unexpected_error_is_a_json_500_and_its_log_carries_the_request_id(app, 
     def boom() -> dict:
         raise RuntimeError("simulated bug")
 
-    with caplog.at_level("ERROR", logger="backend.app"):
+    with caplog.at_level("ERROR", logger="backend.web.app"):
         response = app.test_client().get("/boom", headers={"X-Request-ID": "report-me-42"})
     assert response.status_code == 500 and response.headers["X-Request-ID"] == "report-me-42"
     assert "report-me-42" in response.json["error"] and response.json["request_id"] == "report-me-42"
     assert "Traceback" not in response.get_data(as_text=True)
-    [record] = [r for r in caplog.records if r.name == "backend.app"]
+    [record] = [r for r in caplog.records if r.name == "backend.web.app"]
     assert "report-me-42" in record.getMessage() and record.exc_info[0] is RuntimeError
 
 
 def test_json_logs_are_one_object_per_line_with_request_fields(trained_store, tmp_path, capsys, digit):
     import json
 
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     app = create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path / "data", "LOG_FORMAT": "json"})
 
@@ -239,7 +260,7 @@ def test_json_logs_are_one_object_per_line_with_request_fields(trained_store, tm
 
 
 def test_unknown_log_format_is_refused(tmp_path):
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     with pytest.raises(ValueError, match="LOG_FORMAT"):
         create_app({"MODEL_DIR": tmp_path, "DATA_DIR": tmp_path / "data", "LOG_FORMAT": "xml"})
@@ -249,9 +270,8 @@ def test_unknown_log_format_is_refused(tmp_path):
 
 
 def test_worker_picks_up_a_new_active_version(client, trained_store, tiny_data, digit):
-    from backend.train import TrainingConfig, train_and_publish
-
-    from backend.observability import RELOADS
+    from backend.training.train import TrainingConfig, train_and_publish
+    from backend.web.observability import RELOADS
 
     original = trained_store.active_version()
     assert client.post("/predict", data=upload(png_bytes(digit))).json["model_version"] == original

@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,8 +34,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-    "--no-first-run", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 # Committed README screenshots change only on request, so ordinary test runs leave git clean.
 SCREENSHOTS = REPO_ROOT / "reports" / ("screenshots" if os.environ.get("UPDATE_SCREENSHOTS") else "browser")
@@ -45,7 +52,10 @@ JOB_SECONDS = 300
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
+    ),
 ]
 
 
@@ -74,8 +84,14 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, ok_statuses: t
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """Start a server process in its own process group, logging to a file."""
     handle = log.open("w")
-    return subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -92,17 +108,23 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A private copy of the shipped model store; or, if none is shipped yet, a small real model."""
-    from backend.store import ModelStore
+    from backend.core.store import ModelStore
 
     target = tmp_path_factory.mktemp("browser") / "models"
     shipped = ModelStore(REPO_ROOT / "models")
     if shipped.active_version() is not None:
         shutil.copytree(shipped.root, target, ignore=shutil.ignore_patterns(".incoming-*"))
         return target
-    from backend.train import TrainingConfig, mnist_training_data, train_and_publish
+    from backend.training.train import (
+        TrainingConfig,
+        mnist_training_data,
+        train_and_publish,
+    )
 
     store = ModelStore(target)
-    version = train_and_publish(store, mnist_training_data(limit=6000, test_limit=2000), TrainingConfig(epochs=2, batch_size=64), verbose=0)
+    version = train_and_publish(
+        store, mnist_training_data(limit=6000, test_limit=2000), TrainingConfig(epochs=2, batch_size=64), verbose=0
+    )
     store.activate(version)
     return target
 
@@ -112,10 +134,25 @@ def backend(model_dir, tmp_path_factory) -> Iterator[str]:
     """gunicorn serving backend.wsgi:app on a free port (one worker) over the private store."""
     port = free_port()
     logs = tmp_path_factory.mktemp("logs")
-    env = {"MODEL_DIR": str(model_dir), "DATA_DIR": str(tmp_path_factory.mktemp("browser-data")), "ADMIN_TOKEN": TOKEN,
-           "WEB_CONCURRENCY": "1", "MNIST_PATH": os.environ["MNIST_PATH"]}
-    process = start([str(VENV_BIN / "gunicorn"), "-c", "backend/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "backend.wsgi:app"],
-                    env, logs / "gunicorn.log")
+    env = {
+        "MODEL_DIR": str(model_dir),
+        "DATA_DIR": str(tmp_path_factory.mktemp("browser-data")),
+        "ADMIN_TOKEN": TOKEN,
+        "WEB_CONCURRENCY": "1",
+        "MNIST_PATH": os.environ["MNIST_PATH"],
+    }
+    process = start(
+        [
+            str(VENV_BIN / "gunicorn"),
+            "-c",
+            "backend/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "backend.wsgi:app",
+        ],
+        env,
+        logs / "gunicorn.log",
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health", process, logs / "gunicorn.log")
@@ -142,10 +179,25 @@ def dashboard(backend, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("logs") / "streamlit.log"
     process = start(
-        [str(VENV_BIN / "streamlit"), "run", "frontend/app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-         "--client.toolbarMode", "viewer"],  # no "Deploy" button in the screenshots
-        {"BACKEND_URL": backend, "ADMIN_TOKEN": TOKEN}, log,
+        [
+            str(VENV_BIN / "streamlit"),
+            "run",
+            "frontend/app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+            "--client.toolbarMode",
+            "viewer",
+        ],  # no "Deploy" button in the screenshots
+        {"BACKEND_URL": backend, "ADMIN_TOKEN": TOKEN},
+        log,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -206,11 +258,13 @@ def open_page(page: Any, dashboard: str, path: str, heading: str) -> None:
 
 def photographed_digit(mnist, backend: str, tmp_path: Path) -> tuple[int, Path]:
     """A dark-on-light photo of an MNIST test digit the served model reads right (the test is about the page, not the model)."""
-    from backend.styles import photo
+    from backend.data.renderings import photo
 
     for index in range(20):
         data = photo(mnist.x_test[index], np.random.default_rng(0))
-        answer = requests.post(f"{backend}/predict", files={"file": ("digit.jpg", data, "image/jpeg")}, timeout=30).json()
+        answer = requests.post(
+            f"{backend}/predict", files={"file": ("digit.jpg", data, "image/jpeg")}, timeout=30
+        ).json()
         label = int(mnist.y_test[index])
         if answer["digit"] == label:
             path = tmp_path / f"photo-of-a-{label}.jpg"
@@ -316,7 +370,11 @@ def test_every_page_renders_and_a_job_runs_live(page, dashboard, backend, mnist,
     active = requests.get(f"{backend}/health", timeout=10).json()["model_version"]
     target = original if active != original else None
     if target is None:  # the candidate was rejected: switch to it by hand instead
-        target = next(v["version"] for v in requests.get(f"{backend}/models", timeout=10).json()["versions"] if v["version"] != active)
+        target = next(
+            v["version"]
+            for v in requests.get(f"{backend}/models", timeout=10).json()["versions"]
+            if v["version"] != active
+        )
     choice = page.locator('[data-testid="stSelectbox"]').filter(has_text="Version to serve")
     if target not in choice.inner_text():
         choice.click()

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend import budget
-from backend.sequence import MAX_BLOBS, MAX_DIGITS, _merge_overlapping, segment_digits
+from backend.core import budget
+from backend.core.sequence import (
+    MAX_BLOBS,
+    MAX_DIGITS,
+    _merge_overlapping,
+    segment_digits,
+)
 from conftest import png_bytes
 
 
@@ -32,7 +37,7 @@ def dot_field(side: int, pitch: int = 5) -> bytes:
 @pytest.fixture()
 def make_client(trained_store, tmp_path):
     """Build a test client with extra settings on the tiny trained store."""
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     def build(**config) -> object:
         return create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path / "data", **config}).test_client()
@@ -74,7 +79,10 @@ def test_batch_over_its_pixel_budget_is_413(make_client, digit):
     response = client.post("/predict/batch", data={"files": files})
     assert response.status_code == 413 and "MAX_BATCH_PIXELS" in response.json["error"]
     files = [(io.BytesIO(png_bytes(255 - digit)), f"{i}.png") for i in range(3)]
-    assert len(make_client(MAX_BATCH_PIXELS=3 * 28 * 28).post("/predict/batch", data={"files": files}).json["predictions"]) == 3
+    assert (
+        len(make_client(MAX_BATCH_PIXELS=3 * 28 * 28).post("/predict/batch", data={"files": files}).json["predictions"])
+        == 3
+    )
 
 
 def test_work_past_the_deadline_is_abandoned_with_503(make_client, digit):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.data import DatasetUnavailableError, class_counts, load_mnist
+from backend.data.mnist import DatasetUnavailableError, class_counts, load_mnist
 
 
 def test_npz_from_mnist_path(mnist):
@@ -59,7 +59,7 @@ def test_class_counts():
 
 
 def test_evaluate_cli_reports_missing_data(tmp_path, capsys):
-    from backend.evaluate import main
+    from backend.training.evaluate import main
 
     assert main(["--model-dir", str(tmp_path), "--mnist-path", str(tmp_path / "x.npz")]) == 2
     assert "no active model" in capsys.readouterr().err

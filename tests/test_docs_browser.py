@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import requests
 from PIL import Image
-
 from test_browser import CHROMIUM, backend, browser, model_dir, page  # noqa: F401 (fixtures)
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
-                       reason="Debian Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("CI"),
+        reason="Debian Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
+    ),
 ]
 
 
@@ -45,7 +46,12 @@ def test_docs_lists_every_endpoint_and_try_it_out_predicts(page, backend, digit,
         " b.querySelector('.opblock-summary-path').getAttribute('data-path')])"
     )
     assert {tuple(row) for row in shown} == expected
-    assert {("post", "/predict"), ("post", "/upload_and_retrain"), ("post", "/predict/batch"), ("get", "/health")} <= expected
+    assert {
+        ("post", "/predict"),
+        ("post", "/upload_and_retrain"),
+        ("post", "/predict/batch"),
+        ("get", "/health"),
+    } <= expected
 
     path = tmp_path / "digit.png"
     Image.fromarray(digit).save(path)

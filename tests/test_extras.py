@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.styles import digit_row
+from backend.data.renderings import digit_row
 from conftest import png_bytes
 
 
@@ -62,7 +62,9 @@ def test_explain_heatmap_highlights_ink(shipped_client, mnist):
     body = shipped_client.post("/explain?include=input", data=upload(png_bytes(255 - digit))).json
     heatmap = np.asarray(body["heatmap"])
     assert heatmap.shape == (28, 28) and heatmap.std() > 0 and heatmap.max() == pytest.approx(1.0)
-    model_input = np.asarray(shipped_client.post("/predict?include=input", data=upload(png_bytes(255 - digit))).json["input"])
+    model_input = np.asarray(
+        shipped_client.post("/predict?include=input", data=upload(png_bytes(255 - digit))).json["input"]
+    )
     ink, background = model_input > 0.3, model_input == 0
     far_background = background.copy()
     far_background[4:24, 4:24] = False  # the frame well away from the digit

@@ -10,18 +10,30 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
-
-from backend.feedback import ACCEPTED, PENDING, REJECTED, STORED_AS_SENT, FeedbackStore, decode_model_input
-from conftest import ADMIN_TOKEN, png_bytes
 from test_jobs import AUTH, wait_for
+
+from backend.data.feedback import (
+    ACCEPTED,
+    PENDING,
+    REJECTED,
+    STORED_AS_SENT,
+    FeedbackStore,
+    decode_model_input,
+)
+from conftest import ADMIN_TOKEN, png_bytes
 
 
 def make_client(trained_store, tmp_path, **config):
     """A test client on the tiny store with the admin token and `config` overrides."""
-    from backend.app import create_app
+    from backend.web.app import create_app
 
-    settings = {"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path / "data", "MAX_UPLOAD_MB": 2,
-                "ADMIN_TOKEN": ADMIN_TOKEN, **config}
+    settings = {
+        "MODEL_DIR": trained_store.root,
+        "DATA_DIR": tmp_path / "data",
+        "MAX_UPLOAD_MB": 2,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        **config,
+    }
     return create_app(settings).test_client()
 
 
@@ -67,14 +79,24 @@ def test_feedback_validation(fb_client, digit):
         response = fb_client.post("/feedback", data=body)
         assert response.status_code == status and word in response.json["error"], (body, response.json)
     assert fb_client.get("/feedback", headers=AUTH).json["feedback"] == []
-    for method, path in [("GET", "/feedback"), ("GET", "/feedback/export"), ("GET", "/feedback/abc.png"),
-                         ("POST", "/feedback/abc/review")]:
+    for method, path in [
+        ("GET", "/feedback"),
+        ("GET", "/feedback/export"),
+        ("GET", "/feedback/abc.png"),
+        ("POST", "/feedback/abc/review"),
+    ]:
         assert fb_client.open(path, method=method, json={"status": ACCEPTED}).status_code == 401, path
 
 
 def test_odd_unicode_in_text_fields_is_kept_not_fatal(fb_client, digit):
-    response = fb_client.post("/feedback", data={"file": (io.BytesIO(png_bytes(255 - digit)), "ダイジェスト 😀.png"),
-                                                 "label": "7", "model_version": "v-ü-ß-😀"})
+    response = fb_client.post(
+        "/feedback",
+        data={
+            "file": (io.BytesIO(png_bytes(255 - digit)), "ダイジェスト 😀.png"),
+            "label": "7",
+            "model_version": "v-ü-ß-😀",
+        },
+    )
     assert response.status_code == 201, response.json
     record = fb_client.get("/feedback", headers=AUTH).json["feedback"][0]
     assert record["model_version"] == "v-ü-ß-😀" and record["filename"] == "ダイジェスト 😀.png"
@@ -91,7 +113,9 @@ def test_padded_upload_is_stored_as_its_small_model_input(fb_client, digit):
     stored = fb_client.get(f"/feedback/{record['id']}.png", headers=AUTH)
     assert stored.status_code == 200 and stored.mimetype == "image/png" and len(stored.data) == record["bytes"]
     # What is stored is the model input /predict computes, to 8-bit precision.
-    expected = np.array(fb_client.post("/predict?include=input", data={"file": (io.BytesIO(padded), "d.png")}).json["input"])
+    expected = np.array(
+        fb_client.post("/predict?include=input", data={"file": (io.BytesIO(padded), "d.png")}).json["input"]
+    )
     assert np.abs(decode_model_input(stored.data) - expected).max() <= 0.5 / 255 + 1e-6
 
 
@@ -111,8 +135,10 @@ def test_same_image_and_label_is_stored_once(fb_client, digit):
 def test_full_quota_answers_507_and_stores_nothing(trained_store, tmp_path, mnist):
     quota_bytes = 1000  # room for two or three stored digits
     client = make_client(trained_store, tmp_path, FEEDBACK_MAX_MB=quota_bytes / 1024 / 1024)
-    statuses = [client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[i]), str(mnist.y_test[i]))).status_code
-                for i in range(8)]
+    statuses = [
+        client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[i]), str(mnist.y_test[i]))).status_code
+        for i in range(8)
+    ]
     assert 201 in statuses and 507 in statuses, statuses
     full = client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[9]), "1"))
     assert full.status_code == 507 and "FEEDBACK_MAX_MB" in full.json["error"] and "full" in full.json["error"]
@@ -138,8 +164,10 @@ def test_rate_limit_answers_429_per_client(trained_store, tmp_path, digit):
 
 
 def test_review_state_filter_and_errors(fb_client, mnist):
-    ids = [fb_client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[i]), str(mnist.y_test[i]))).json["id"]
-           for i in range(3)]
+    ids = [
+        fb_client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[i]), str(mnist.y_test[i]))).json["id"]
+        for i in range(3)
+    ]
     answer = fb_client.post(f"/feedback/{ids[0]}/review", json={"status": ACCEPTED}, headers=AUTH)
     assert answer.status_code == 200 and answer.json["status"] == ACCEPTED and answer.json["id"] == ids[0]
     fb_client.post(f"/feedback/{ids[1]}/review", json={"status": REJECTED}, headers=AUTH)
@@ -162,7 +190,7 @@ def test_review_state_filter_and_errors(fb_client, mnist):
 
 
 def test_training_set_is_accepted_feedback_as_stored(tmp_path, mnist):
-    from backend.preprocessing import preprocess_bytes
+    from backend.core.preprocessing import preprocess_bytes
 
     store = FeedbackStore(tmp_path)
     assert store.as_dataset() is None
@@ -183,8 +211,10 @@ def test_old_database_is_migrated_in_place(tmp_path, mnist):
     (tmp_path / "feedback").mkdir()
     (tmp_path / "feedback" / "old1.png").write_bytes(sent)
     with sqlite3.connect(tmp_path / "feedback.sqlite3") as db:  # the schema before review states
-        db.execute("CREATE TABLE feedback (id TEXT PRIMARY KEY, created TEXT NOT NULL, label INTEGER NOT NULL, "
-                   "predicted INTEGER, model_version TEXT, filename TEXT, path TEXT NOT NULL, sha256 TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE feedback (id TEXT PRIMARY KEY, created TEXT NOT NULL, label INTEGER NOT NULL, "
+            "predicted INTEGER, model_version TEXT, filename TEXT, path TEXT NOT NULL, sha256 TEXT NOT NULL)"
+        )
         db.execute("INSERT INTO feedback VALUES ('old1', '2024-01-01T00:00:00Z', 7, 1, 'v0', 'a.png', 'old1.png', 'x')")
     store = FeedbackStore(tmp_path)
     FeedbackStore(tmp_path)  # a second worker starting finds nothing to migrate
@@ -198,8 +228,10 @@ def test_old_database_is_migrated_in_place(tmp_path, mnist):
 
 
 def test_export_streams_and_lists_a_missing_file(fb_client, mnist, tmp_path):
-    ids = [fb_client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[i]), str(mnist.y_test[i]))).json["id"]
-           for i in range(3)]
+    ids = [
+        fb_client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[i]), str(mnist.y_test[i]))).json["id"]
+        for i in range(3)
+    ]
     records = {r["id"]: r for r in fb_client.get("/feedback", headers=AUTH).json["feedback"]}
     (tmp_path / "data" / "feedback" / records[ids[1]]["path"]).unlink()
 
@@ -222,8 +254,12 @@ def test_export_streams_and_lists_a_missing_file(fb_client, mnist, tmp_path):
 def test_feedback_round_trip_into_retraining(job_client, mnist):
     ids = []
     for i in range(4):
-        response = job_client.post("/feedback", data=form(png_bytes(255 - mnist.x_test[i]), str(int(mnist.y_test[i])),
-                                                          predicted="1", model_version="v-test"))
+        response = job_client.post(
+            "/feedback",
+            data=form(
+                png_bytes(255 - mnist.x_test[i]), str(int(mnist.y_test[i])), predicted="1", model_version="v-test"
+            ),
+        )
         assert response.status_code == 201
         ids.append(response.json["id"])
     records = job_client.get("/feedback", headers=AUTH).json["feedback"]

@@ -16,8 +16,9 @@ import subprocess
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -59,8 +60,8 @@ def endpoint_exists(url: str, method: str, path: str) -> bool:
 @pytest.fixture(scope="module")
 def frontend_store(tmp_path_factory, trained_store, tiny_data):
     """A private store: a copy of the shared tiny version (active) plus a second tiny version to switch to."""
-    from backend.store import ModelStore
-    from backend.train import TrainingConfig, train_and_publish
+    from backend.core.store import ModelStore
+    from backend.training.train import TrainingConfig, train_and_publish
 
     store = ModelStore(tmp_path_factory.mktemp("frontend-models"))
     first = trained_store.active_version()
@@ -73,18 +74,24 @@ def frontend_store(tmp_path_factory, trained_store, tiny_data):
 @pytest.fixture(scope="module")
 def backend_url(frontend_store, tiny_mnist_path, tmp_path_factory) -> Iterator[str]:
     """The real API on the private store, over HTTP; running jobs are cancelled at the end."""
-    from backend.app import create_app
+    from backend.web.app import create_app
 
-    app = create_app({
-        "MODEL_DIR": frontend_store.root, "DATA_DIR": tmp_path_factory.mktemp("frontend-data"),
-        "ADMIN_TOKEN": TOKEN, "MNIST_PATH": str(tiny_mnist_path),
-    })
+    app = create_app(
+        {
+            "MODEL_DIR": frontend_store.root,
+            "DATA_DIR": tmp_path_factory.mktemp("frontend-data"),
+            "ADMIN_TOKEN": TOKEN,
+            "MNIST_PATH": str(tiny_mnist_path),
+        }
+    )
     url, server = serve(app)
     yield url
     if endpoint_exists(url, "GET", "/jobs"):
         for job in requests.get(f"{url}/jobs", timeout=10).json().get("jobs", []):
             if job.get("status") in ("queued", "running"):
-                requests.post(f"{url}/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+                requests.post(
+                    f"{url}/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+                )
     server.shutdown()
 
 
@@ -191,6 +198,7 @@ def test_frontend_never_imports_backend():
 
 # -- every page: the status sidebar ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("page", ["predict", "retrain", "metrics", "models"])
 def test_sidebar_shows_backend_url_health_and_active_version(dashboard_env, frontend_store, page):
     at = open_page(page)
@@ -218,9 +226,11 @@ def test_backend_down_is_said_plainly_on_every_page(monkeypatch, page):
 def test_no_active_model_is_explained(tmp_path, monkeypatch):
     import streamlit as st
 
-    from backend.app import create_app
+    from backend.web.app import create_app
 
-    url, server = serve(create_app({"MODEL_DIR": tmp_path / "empty", "DATA_DIR": tmp_path / "data", "ADMIN_TOKEN": TOKEN}))
+    url, server = serve(
+        create_app({"MODEL_DIR": tmp_path / "empty", "DATA_DIR": tmp_path / "data", "ADMIN_TOKEN": TOKEN})
+    )
     try:
         monkeypatch.setenv("BACKEND_URL", url)
         st.cache_data.clear()
@@ -234,6 +244,7 @@ def test_no_active_model_is_explained(tmp_path, monkeypatch):
 
 
 # -- Predict ------------------------------------------------------------------------------------------
+
 
 def test_upload_shows_prediction_model_input_and_probabilities(dashboard_env, mnist):
     at = open_page("predict")
@@ -262,7 +273,9 @@ def test_unreadable_upload_shows_the_backends_message(dashboard_env):
     assert not at.exception
     error = find_text(at.main.error, "HTTP 400")
     assert error, texts(at.main.error)
-    answer = requests.post(f"{dashboard_env}/predict", files={"file": ("broken.png", b"this is not an image", "image/png")}, timeout=10)
+    answer = requests.post(
+        f"{dashboard_env}/predict", files={"file": ("broken.png", b"this is not an image", "image/png")}, timeout=10
+    )
     assert answer.json()["error"] in error  # the API's own words, not a traceback
 
 
@@ -294,6 +307,7 @@ def test_saliency_overlay_or_a_plain_note(dashboard_env, mnist):
 
 
 # -- Retrain ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def retrain_available(dashboard_env) -> str:
@@ -423,12 +437,18 @@ def test_a_dashboard_open_to_the_network_asks_for_the_token(backend_url, monkeyp
 def test_make_run_binds_backend_and_dashboard_to_loopback():
     commands = subprocess.run(["make", "-n", "run"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     assert "--bind 127.0.0.1:5000" in commands and "--server.address 127.0.0.1" in commands
-    opened = subprocess.run(["make", "-n", "run", "DASHBOARD_ADDRESS=0.0.0.0", "BACKEND_BIND=0.0.0.0:5000"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    opened = subprocess.run(
+        ["make", "-n", "run", "DASHBOARD_ADDRESS=0.0.0.0", "BACKEND_BIND=0.0.0.0:5000"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--bind 0.0.0.0:5000" in opened and "--server.address 0.0.0.0" in opened
 
 
 # -- Metrics --------------------------------------------------------------------------------------
+
 
 def test_metrics_page_shows_curves_confusion_matrix_table_and_mistakes(dashboard_env, frontend_store):
     at = open_page("metrics")
@@ -437,7 +457,10 @@ def test_metrics_page_shows_curves_confusion_matrix_table_and_mistakes(dashboard
     assert at.selectbox[0].value == active
     assert at.metric[0].value == f"{meta['test_metrics']['accuracy']:.2%}"
     curves = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
-    titles = [spec.get("title", {}).get("text") if isinstance(spec.get("title"), dict) else spec.get("title") for spec in curves]
+    titles = [
+        spec.get("title", {}).get("text") if isinstance(spec.get("title"), dict) else spec.get("title")
+        for spec in curves
+    ]
     assert "Accuracy" in titles and "Loss" in titles
     assert len(at.get("image")) >= 1  # the seaborn confusion matrix, rendered by st.pyplot
     table = next(df.value for df in at.dataframe if "precision" in df.value.columns)
@@ -462,6 +485,7 @@ def test_metrics_page_switches_version(dashboard_env, frontend_store):
 
 # -- Models ---------------------------------------------------------------------------------------
 
+
 def test_models_page_lists_versions_with_active_marked(dashboard_env, frontend_store):
     at = open_page("models")
     table = at.dataframe[0].value
@@ -474,7 +498,11 @@ def test_models_page_lists_versions_with_active_marked(dashboard_env, frontend_s
 def test_models_page_shows_how_a_job_made_a_version(dashboard_env):
     if not endpoint_exists(dashboard_env, "GET", "/jobs"):
         pytest.skip("GET /jobs is not in this backend yet (answers 404)")
-    jobs = [j for j in requests.get(f"{dashboard_env}/jobs", timeout=10).json()["jobs"] if (j.get("result") or {}).get("candidate")]
+    jobs = [
+        j
+        for j in requests.get(f"{dashboard_env}/jobs", timeout=10).json()["jobs"]
+        if (j.get("result") or {}).get("candidate")
+    ]
     if not jobs:
         pytest.skip("no finished training job in this session (the Retrain tests were deselected)")
     job = jobs[0]
@@ -516,8 +544,12 @@ def test_models_page_reviews_pending_feedback(dashboard_env, mnist, monkeypatch)
     admin = {"Authorization": f"Bearer {TOKEN}"}
     ids = []
     for index in (5, 6):
-        answer = requests.post(f"{dashboard_env}/feedback", files={"file": ("digit.png", digit_png(mnist, index), "image/png")},
-                               data={"label": str(int(mnist.y_test[index]))}, timeout=10)
+        answer = requests.post(
+            f"{dashboard_env}/feedback",
+            files={"file": ("digit.png", digit_png(mnist, index), "image/png")},
+            data={"label": str(int(mnist.y_test[index]))},
+            timeout=10,
+        )
         assert answer.status_code in (200, 201), answer.text
         ids.append(answer.json()["id"])
     at = open_page("models")
@@ -531,7 +563,10 @@ def test_models_page_reviews_pending_feedback(dashboard_env, mnist, monkeypatch)
     assert find_text(at.main.success, f"Feedback `{ids[0]}` accepted.")
     at.button(key=f"rejected-{ids[1]}").click().run()
     assert find_text(at.main.success, f"Feedback `{ids[1]}` rejected.")
-    states = {r["id"]: r["status"] for r in requests.get(f"{dashboard_env}/feedback", headers=admin, timeout=10).json()["feedback"]}
+    states = {
+        r["id"]: r["status"]
+        for r in requests.get(f"{dashboard_env}/feedback", headers=admin, timeout=10).json()["feedback"]
+    }
     assert (states[ids[0]], states[ids[1]]) == ("accepted", "rejected")
     assert not any(b.key in (f"accepted-{ids[0]}", f"rejected-{ids[1]}") for b in at.button)  # no longer pending
 

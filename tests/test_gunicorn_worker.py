@@ -19,7 +19,7 @@ import requests
 from gunicorn.config import Config
 from gunicorn.workers.gthread import ThreadWorker
 
-from backend.gunicorn_worker import IdleThreadWorker
+from backend.web.gunicorn_worker import IdleThreadWorker
 from benchmarks import saturation
 from benchmarks.servers import gunicorn, worker_pids
 

@@ -12,14 +12,16 @@ import zipfile
 
 import pytest
 
-from backend.jobs import JobStore, process_alive
-from backend.retraining import gate
+from backend.data.jobs import JobStore, process_alive
+from backend.training.pipeline import gate
 from conftest import ADMIN_TOKEN, png_bytes
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def wait_for(client, job_id: str, done=lambda job: job["status"] not in ("queued", "running"), seconds: float = 180) -> dict:
+def wait_for(
+    client, job_id: str, done=lambda job: job["status"] not in ("queued", "running"), seconds: float = 180
+) -> dict:
     """Poll a job until `done(job)` holds."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -42,18 +44,27 @@ def digit_zip(mnist, per_digit: int = 6, only: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("method, path", [
-    ("post", "/retrain"), ("post", "/upload_and_retrain"), ("post", "/jobs/abc/cancel"), ("post", "/models/v1/activate"),
-])
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}],
-                         ids=["missing", "wrong", "not-bearer"])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("post", "/retrain"),
+        ("post", "/upload_and_retrain"),
+        ("post", "/jobs/abc/cancel"),
+        ("post", "/models/v1/activate"),
+    ],
+)
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}],
+    ids=["missing", "wrong", "not-bearer"],
+)
 def test_admin_endpoints_need_the_token(job_client, method, path, headers):
     response = getattr(job_client, method)(path, headers=headers, json={})
     assert response.status_code == 401 and "Bearer" in response.json["error"]
 
 
 def test_token_is_generated_into_data_dir_when_unset(trained_store, tmp_path, monkeypatch):
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     monkeypatch.delenv("ADMIN_TOKEN", raising=False)
     app = create_app({"MODEL_DIR": trained_store.root, "DATA_DIR": tmp_path})
@@ -65,8 +76,8 @@ def test_token_is_generated_into_data_dir_when_unset(trained_store, tmp_path, mo
 
 
 def test_activate_and_roll_back(job_client, tiny_data, job_app):
-    from backend.store import ModelStore
-    from backend.train import TrainingConfig, train_and_publish
+    from backend.core.store import ModelStore
+    from backend.training.train import TrainingConfig, train_and_publish
 
     store = ModelStore(job_app.config["MODEL_DIR"])
     original = store.active_version()
@@ -89,8 +100,9 @@ def test_retrain_rejects_bad_options(job_client):
 
 def test_upload_and_retrain_end_to_end(job_client, job_app, mnist):
     active_before = job_client.get("/health").json["model_version"]
-    response = job_client.post("/upload_and_retrain", headers=AUTH,
-                               data={"zipfile": (io.BytesIO(digit_zip(mnist)), "mine.zip"), "epochs": "1"})
+    response = job_client.post(
+        "/upload_and_retrain", headers=AUTH, data={"zipfile": (io.BytesIO(digit_zip(mnist)), "mine.zip"), "epochs": "1"}
+    )
     assert response.status_code == 202, response.json
     accepted = response.json
     assert accepted["dataset"]["images"] == 60 and accepted["dataset"]["per_class"]["3"] == 6
@@ -126,15 +138,25 @@ def test_bad_zip_is_refused_before_anything_trains(job_client, job_app):
 def test_strict_gate_rejects_and_keeps_the_candidate(trained_store, tmp_path, tiny_mnist_path, mnist):
     import shutil
 
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     shutil.copytree(trained_store.root, tmp_path / "models")
-    app = create_app({"MODEL_DIR": tmp_path / "models", "DATA_DIR": tmp_path / "data", "MNIST_PATH": str(tiny_mnist_path),
-                      "ADMIN_TOKEN": ADMIN_TOKEN, "GATE_MAX_MNIST_DROP": -1.0})  # demand +100 points: never passes
+    app = create_app(
+        {
+            "MODEL_DIR": tmp_path / "models",
+            "DATA_DIR": tmp_path / "data",
+            "MNIST_PATH": str(tiny_mnist_path),
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "GATE_MAX_MNIST_DROP": -1.0,
+        }
+    )  # demand +100 points: never passes
     client = app.test_client()
     active = client.get("/health").json["model_version"]
-    job_id = client.post("/upload_and_retrain", headers=AUTH, data={"file": (io.BytesIO(digit_zip(mnist, only=1)), "ones.zip"),
-                                                                   "epochs": "1"}).json["job_id"]
+    job_id = client.post(
+        "/upload_and_retrain",
+        headers=AUTH,
+        data={"file": (io.BytesIO(digit_zip(mnist, only=1)), "ones.zip"), "epochs": "1"},
+    ).json["job_id"]
     job = wait_for(client, job_id)
     assert job["status"] == "rejected" and "MNIST test accuracy" in job["result"]["reason"]
     assert job["result"]["promoted"] is False and job["result"]["active"] == active
@@ -176,7 +198,7 @@ def test_cancel_running_job(job_client):
 
 
 def test_jobs_survive_restart_and_dead_ones_are_failed(job_app, trained_store):
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     data_dir = job_app.config["DATA_DIR"]
     jobs = JobStore(data_dir)
@@ -188,8 +210,9 @@ def test_jobs_survive_restart_and_dead_ones_are_failed(job_app, trained_store):
     assert jobs.start(orphan["id"], dead.pid)
     assert not process_alive(dead.pid)
 
-    restarted = create_app({"MODEL_DIR": job_app.config["MODEL_DIR"], "DATA_DIR": data_dir,
-                            "ADMIN_TOKEN": ADMIN_TOKEN}).test_client()
+    restarted = create_app(
+        {"MODEL_DIR": job_app.config["MODEL_DIR"], "DATA_DIR": data_dir, "ADMIN_TOKEN": ADMIN_TOKEN}
+    ).test_client()
     listed = {job["id"]: job for job in restarted.get("/jobs").json["jobs"]}
     assert listed[finished["id"]]["status"] == "succeeded" and listed[finished["id"]]["result"] == {"promoted": True}
     assert listed[orphan["id"]]["status"] == "failed" and "died" in listed[orphan["id"]]["error"]
@@ -197,7 +220,7 @@ def test_jobs_survive_restart_and_dead_ones_are_failed(job_app, trained_store):
 
 STORE_RACER = """
 import sys, time
-from backend.jobs import JobStore
+from backend.data.jobs import JobStore
 start, folders = float(sys.argv[1]), sys.argv[2:]
 for trial, folder in enumerate(folders):
     time.sleep(max(0.0, start + trial * 0.05 - time.time()))  # every racer opens this folder at the same moment
@@ -210,7 +233,9 @@ def test_workers_starting_together_on_a_fresh_data_dir_all_boot(tmp_path):
     # WAL can fail at once for one of them ("database is locked"), which used to kill its boot.
     folders = [str(tmp_path / f"data-{trial}") for trial in range(40)]
     start = time.time() + 3
-    racers = [subprocess.Popen([sys.executable, "-c", STORE_RACER, str(start), *folders], stderr=subprocess.PIPE, text=True)
-              for _ in range(4)]
+    racers = [
+        subprocess.Popen([sys.executable, "-c", STORE_RACER, str(start), *folders], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     errors = [racer.communicate(timeout=120)[1] for racer in racers]
     assert [racer.returncode for racer in racers] == [0] * 4, errors

@@ -13,10 +13,16 @@ import time
 
 import pytest
 
-from backend.jobs import (
-    CANCELLED, RUNNING, SUCCEEDED, JobAlreadyEndedError, JobStore, process_alive,
+from backend.core.store import ModelStore
+from backend.data.jobs import (
+    CANCELLED,
+    RUNNER_MODULE,
+    RUNNING,
+    SUCCEEDED,
+    JobAlreadyEndedError,
+    JobStore,
+    process_alive,
 )
-from backend.store import ModelStore
 from conftest import ADMIN_TOKEN, REPO_ROOT, png_bytes
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -48,7 +54,9 @@ def test_status_changes_are_compare_and_set(tmp_path):
     assert jobs.start(job["id"], 12345) is False  # a runner that finds its job cancelled does not start it
     assert jobs.update(job["id"], epoch=1) is False
     assert jobs.finish(job["id"], "failed", error="late") is False
-    assert jobs.conclude(job["id"], {"promoted": True}, promote=lambda: pytest.fail("activated a cancelled job")) is False
+    assert (
+        jobs.conclude(job["id"], {"promoted": True}, promote=lambda: pytest.fail("activated a cancelled job")) is False
+    )
     ended = jobs.get(job["id"])
     assert ended["status"] == CANCELLED and ended["started"] is None and ended["epoch"] == 0
     assert jobs.cancel(job["id"])["status"] == CANCELLED  # cancelling twice is harmless
@@ -79,8 +87,12 @@ def test_cancel_waits_for_an_activation_in_progress(tmp_path):
         activating.set()
         time.sleep(0.5)
 
-    concluder = threading.Thread(target=lambda: outcome.setdefault("concluded", jobs.conclude(
-        job["id"], {"promoted": True, "candidate": "v2", "previous": "v1"}, slow_activation)))
+    concluder = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "concluded",
+            jobs.conclude(job["id"], {"promoted": True, "candidate": "v2", "previous": "v1"}, slow_activation),
+        )
+    )
     concluder.start()
     assert activating.wait(10)
     with pytest.raises(JobAlreadyEndedError):
@@ -93,8 +105,13 @@ def test_runner_of_a_cancelled_job_exits_without_training(tmp_path):
     jobs = JobStore(tmp_path)
     job = jobs.create("retrain", {"epochs": 1}, 1)
     jobs.cancel(job["id"])
-    runner = subprocess.run([sys.executable, "-m", "backend.jobs", str(tmp_path), job["id"]], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
+    runner = subprocess.run(
+        [sys.executable, "-m", RUNNER_MODULE, str(tmp_path), job["id"]],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert runner.returncode == 1 and "no longer queued" in runner.stderr
     ended = jobs.get(job["id"])
     assert ended["status"] == CANCELLED and ended["started"] is None
@@ -107,8 +124,11 @@ def _cancel_when(client, jobs: JobStore, phase: str | None) -> tuple[int, dict]:
     """Start a one-epoch job, cancel it once its log shows `phase` (None: at once), wait for its process to exit."""
     job_id = client.post("/retrain", json={"epochs": 1}, headers=AUTH).json["job_id"]
     if phase is not None:
-        wait_until(lambda: any(line.startswith(phase) for line in client.get(f"/jobs/{job_id}").json["log"]),
-                   180, f"{phase!r} in the log of job {job_id}")
+        wait_until(
+            lambda: any(line.startswith(phase) for line in client.get(f"/jobs/{job_id}").json["log"]),
+            180,
+            f"{phase!r} in the log of job {job_id}",
+        )
     response = client.post(f"/jobs/{job_id}/cancel", headers=AUTH)
     pid = jobs.pid(job_id)
     wait_until(lambda: not process_alive(pid), 120, f"exit of job {job_id}")
@@ -170,7 +190,9 @@ def test_activate_refuses_a_model_that_is_not_a_digit_model(job_client, job_app,
 
     store = ModelStore(job_app.config["MODEL_DIR"])
     active = store.active_version()
-    odd = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    odd = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]
+    )
 
     def write(folder):
         odd.save(folder / "model.keras")
@@ -183,7 +205,7 @@ def test_activate_refuses_a_model_that_is_not_a_digit_model(job_client, job_app,
 
 
 def test_shipped_model_passes_verification():
-    from backend.inference import verify_version
+    from backend.core.inference import verify_version
 
     store = ModelStore(REPO_ROOT / "models")
     version = store.active_version()
@@ -195,7 +217,7 @@ def test_shipped_model_passes_verification():
 
 
 def test_worker_keeps_serving_and_reports_a_version_it_cannot_load(job_client, job_app, digit):
-    from backend.observability import LOAD_FAILURES
+    from backend.web.observability import LOAD_FAILURES
 
     store = ModelStore(job_app.config["MODEL_DIR"])
     good = store.active_version()
@@ -217,13 +239,18 @@ def test_worker_keeps_serving_and_reports_a_version_it_cannot_load(job_client, j
 
 
 def test_ready_needs_a_model_and_a_readable_store(client, tmp_path, trained_store):
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     ready = client.get("/ready")
-    assert ready.status_code == 200 and ready.json == {"status": "ready", "model_version": trained_store.active_version()}
+    assert ready.status_code == 200 and ready.json == {
+        "status": "ready",
+        "model_version": trained_store.active_version(),
+    }
     empty = create_app({"MODEL_DIR": tmp_path / "none", "DATA_DIR": tmp_path / "data"}).test_client()
     response = empty.get("/ready")
-    assert response.status_code == 503 and response.json["status"] == "not-ready" and "active" in response.json["reason"]
+    assert (
+        response.status_code == 503 and response.json["status"] == "not-ready" and "active" in response.json["reason"]
+    )
     assert empty.get("/health").json["status"] == "no-model"
 
 
@@ -232,14 +259,15 @@ def test_ready_needs_a_model_and_a_readable_store(client, tmp_path, trained_stor
 
 @pytest.mark.parametrize("epochs", ["²", "٣", "1²", "0", "101", "-1", " 5", "1e2", "9" * 5000])
 def test_upload_epochs_must_be_ascii_digits_in_range(job_client, epochs):
-    response = job_client.post("/upload_and_retrain", headers=AUTH,
-                               data={"file": (io.BytesIO(b"PK"), "x.zip"), "epochs": epochs})
+    response = job_client.post(
+        "/upload_and_retrain", headers=AUTH, data={"file": (io.BytesIO(b"PK"), "x.zip"), "epochs": epochs}
+    )
     assert response.status_code == 400 and "1 to 100" in response.json["error"]
     assert job_client.get("/jobs").json["jobs"] == []
 
 
 def test_epoch_limits_are_documented_from_one_definition(job_client):
-    from backend.jobs import DEFAULT_EPOCHS, MAX_EPOCHS, STATUSES
+    from backend.data.jobs import DEFAULT_EPOCHS, MAX_EPOCHS, STATUSES
 
     spec = job_client.get("/openapi.json").json["components"]["schemas"]
     assert spec["RetrainRequest"]["properties"]["epochs"]["maximum"] == MAX_EPOCHS

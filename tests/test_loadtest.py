@@ -10,9 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,10 +25,26 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_path: Path) -> None:
     """~10 s of the default mix against a gunicorn the command starts: zero failures, every report file."""
     host = f"http://127.0.0.1:{free_port()}"
-    args = loadtest.parse_args([
-        "--host", host, "-u", "4", "-r", "4", "-t", "10s", "--max-p95-ms", "0",  # a shared CI box must not flake on p95
-        "--model-dir", str(trained_store.root), "--data-dir", str(tmp_path / "data"), "--reports", str(tmp_path / "reports"),
-    ])
+    args = loadtest.parse_args(
+        [
+            "--host",
+            host,
+            "-u",
+            "4",
+            "-r",
+            "4",
+            "-t",
+            "10s",
+            "--max-p95-ms",
+            "0",  # a shared CI box must not flake on p95
+            "--model-dir",
+            str(trained_store.root),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--reports",
+            str(tmp_path / "reports"),
+        ]
+    )
 
     code, out, summary = loadtest.run(args)
 
@@ -36,7 +52,14 @@ def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_p
     assert summary["backend_started"] is True
     assert summary["requests"] > 10 and summary["failures"] == 0
     assert summary["predict_requests"] > 0 and summary["predict_failures"] == 0
-    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv", "locust_final.json", "report.html", "summary.json"):
+    for name in (
+        "locust_stats.csv",
+        "locust_stats_history.csv",
+        "locust_failures.csv",
+        "locust_final.json",
+        "report.html",
+        "summary.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert "Locust" in (out / "report.html").read_text()
     versions = loadtest.read_csv(out / "locust_model_versions.csv")
@@ -82,8 +105,14 @@ class StubApi(BaseHTTPRequestHandler):
             self._send(200, "digitlab_http_requests_total 1\n", "text/plain")
         elif self.path == "/jobs/job-1":
             status = "running" if self._version() == "v1" else "succeeded"
-            self._send(200, {"status": status, "progress": 1.0 if status == "succeeded" else 0.5,
-                             "result": {"candidate": "v2", "promoted": True} if status == "succeeded" else None})
+            self._send(
+                200,
+                {
+                    "status": status,
+                    "progress": 1.0 if status == "succeeded" else 0.5,
+                    "result": {"candidate": "v2", "promoted": True} if status == "succeeded" else None,
+                },
+            )
         else:
             self._send(404, {"error": "no such endpoint"})
 
@@ -101,12 +130,20 @@ class StubApi(BaseHTTPRequestHandler):
             self._send(404, {"error": "no such endpoint"})
             return
         type(self).served += 1
-        good = {"digit": 3, "confidence": 0.91, "probabilities": [0.01] * 10, "model_version": self._version(),
-                "inference_ms": 1.0}
+        good = {
+            "digit": 3,
+            "confidence": 0.91,
+            "probabilities": [0.01] * 10,
+            "model_version": self._version(),
+            "inference_ms": 1.0,
+        }
         good["probabilities"][3] = 0.91
         if self.mode == "bad":
-            broken = {key: value for key, value in good.items() if key != "digit"} if self.served % 2 else {
-                **good, "probabilities": [0.09] * 10, "digit": 0, "confidence": 0.09}
+            broken = (
+                {key: value for key, value in good.items() if key != "digit"}
+                if self.served % 2
+                else {**good, "probabilities": [0.09] * 10, "digit": 0, "confidence": 0.09}
+            )
             self._send(200, broken)
         else:
             self._send(200, good)
@@ -129,9 +166,30 @@ def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path:
     """A missing digit and probabilities summing to 0.9 are failures, and the gate exits non-zero."""
     prefix = tmp_path / "bad"
     result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "locustfile.py"), "--headless", "-u", "2", "-r", "2",
-         "-t", "3s", "-H", stub, "--csv", str(prefix), "--only-summary", "PredictUser"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(REPO_ROOT / "locustfile.py"),
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "3s",
+            "-H",
+            stub,
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "PredictUser",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
@@ -144,11 +202,31 @@ def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path:
 
 
 @pytest.mark.parametrize("stub", ["swap"], indirect=True)
-def test_retrain_scenario_records_job_and_marks_the_swap(stub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retrain_scenario_records_job_and_marks_the_swap(
+    stub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """AdminUser starts a retrain and follows it; the new version's first appearance is the swap; the run ends after the job."""
     monkeypatch.setenv("ADMIN_TOKEN", "stub-token")
-    args = loadtest.parse_args(["--host", stub, "--scenario", "retrain", "-u", "3", "-r", "3", "-t", "30s",
-                                "--admin-delay", "1", "--after-job", "2", "--reports", str(tmp_path)])
+    args = loadtest.parse_args(
+        [
+            "--host",
+            stub,
+            "--scenario",
+            "retrain",
+            "-u",
+            "3",
+            "-r",
+            "3",
+            "-t",
+            "30s",
+            "--admin-delay",
+            "1",
+            "--after-job",
+            "2",
+            "--reports",
+            str(tmp_path),
+        ]
+    )
 
     started = time.time()
     code, out, summary = loadtest.run(args)
@@ -168,8 +246,12 @@ def test_retrain_scenario_records_job_and_marks_the_swap(stub: str, tmp_path: Pa
 
 def test_knee_is_the_last_step_before_throughput_stops_following_users() -> None:
     """req/s doubling with users is below the knee; +12% for +50% users is past it."""
-    steps = [{"users": 20, "requests_per_s": 19.0}, {"users": 40, "requests_per_s": 38.0},
-             {"users": 60, "requests_per_s": 42.5}, {"users": 80, "requests_per_s": 43.0}]
+    steps = [
+        {"users": 20, "requests_per_s": 19.0},
+        {"users": 40, "requests_per_s": 38.0},
+        {"users": 60, "requests_per_s": 42.5},
+        {"users": 80, "requests_per_s": 43.0},
+    ]
     assert loadtest.find_knee(steps) == 1
     assert loadtest.find_knee(steps[:2]) == 1  # still linear: the knee lies beyond the last step
     assert loadtest.find_knee([]) is None

@@ -40,8 +40,12 @@ def test_every_operation_conforms_to_the_schema(job_app):
         for mode in GenerationMode:  # valid requests, then ones that break the schema (wrong types, odd strings)
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES_PER_OPERATION,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             def conforms(case) -> None:
                 case.call_and_validate(checks=CHECKS)
 
@@ -69,19 +73,28 @@ def fuzz_client(trained_store, tmp_path, tiny_mnist_path):
     """An app on a private copy of the tiny store, with the feedback rate limit out of the way of the fuzzing."""
     import shutil
 
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     models = tmp_path / "models"
     shutil.copytree(trained_store.root, models)
-    app = create_app({"MODEL_DIR": models, "DATA_DIR": tmp_path / "data", "MNIST_PATH": str(tiny_mnist_path),
-                      "ADMIN_TOKEN": ADMIN_TOKEN, "FEEDBACK_RATE_LIMIT": "100000 per minute"})
+    app = create_app(
+        {
+            "MODEL_DIR": models,
+            "DATA_DIR": tmp_path / "data",
+            "MNIST_PATH": str(tiny_mnist_path),
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "FEEDBACK_RATE_LIMIT": "100000 per minute",
+        }
+    )
     return app.test_client()
 
 
 def post_operations(client) -> list[str]:
     """Every POST path in the spec, with path parameters filled in."""
     paths = client.get("/openapi.json").json["paths"]
-    return [path.replace("{job_id}", "nope").replace("{version}", "nope") for path, ops in paths.items() if "post" in ops]
+    return [
+        path.replace("{job_id}", "nope").replace("{version}", "nope") for path, ops in paths.items() if "post" in ops
+    ]
 
 
 def nested(depth: int, kind: str) -> str:
@@ -100,7 +113,9 @@ def test_deeply_nested_json_is_a_400_on_every_post_endpoint(fuzz_client):
     for path in paths:
         for depth in (3_000, 100_000):
             for kind in ("arrays", "objects", "in-a-field"):
-                response = fuzz_client.post(path, data=nested(depth, kind), content_type="application/json", headers=AUTH)
+                response = fuzz_client.post(
+                    path, data=nested(depth, kind), content_type="application/json", headers=AUTH
+                )
                 assert_json_answer(response, f"{path} {kind} x{depth}")
                 assert 400 <= response.status_code < 500, f"{path} {kind} x{depth}: {response.status_code}"
 
@@ -114,13 +129,33 @@ def test_deep_json_says_what_to_send(fuzz_client):
 
 # Odd text (as UTF-8) and raw bytes that are not UTF-8 at all, for every form field.
 ODD_VALUES: dict[str, str | bytes] = {
-    "superscript-two": "²", "arabic-indic-three": "٣", "fullwidth-three": "３", "math-bold-three": "𝟑",
-    "nul": "\x00", "digit-then-nul": "3\x00", "rtl-marks": "\u200f3\u200e", "rtl-override": "\u202e3",
-    "bom": "\ufeff3", "combining-accent": "3\u0301", "zero-width-space": "3\u200b", "emoji": "🔢",
-    "newlines": "3\r\n4", "blank": "   ", "negative": "-1", "float": "3.0", "exponent": "1e3", "hex": "0x3",
-    "nan": "NaN", "markup": "<script>alert(1)</script>", "huge-number": "9" * 5_000, "long-text": "x" * 100_000,
+    "superscript-two": "²",
+    "arabic-indic-three": "٣",
+    "fullwidth-three": "３",
+    "math-bold-three": "𝟑",
+    "nul": "\x00",
+    "digit-then-nul": "3\x00",
+    "rtl-marks": "\u200f3\u200e",
+    "rtl-override": "\u202e3",
+    "bom": "\ufeff3",
+    "combining-accent": "3\u0301",
+    "zero-width-space": "3\u200b",
+    "emoji": "🔢",
+    "newlines": "3\r\n4",
+    "blank": "   ",
+    "negative": "-1",
+    "float": "3.0",
+    "exponent": "1e3",
+    "hex": "0x3",
+    "nan": "NaN",
+    "markup": "<script>alert(1)</script>",
+    "huge-number": "9" * 5_000,
+    "long-text": "x" * 100_000,
     "over-form-field-limit": "9" * 600_000,
-    "surrogate-bytes": b"\xed\xa0\x80", "invalid-utf8": b"\xff\xfe\xfd", "overlong-utf8": b"\xc0\xb3", "latin-1": b"caf\xe9",
+    "surrogate-bytes": b"\xed\xa0\x80",
+    "invalid-utf8": b"\xff\xfe\xfd",
+    "overlong-utf8": b"\xc0\xb3",
+    "latin-1": b"caf\xe9",
 }
 
 
@@ -150,8 +185,11 @@ def base_forms(mnist) -> dict[str, dict[str, tuple[bytes, str | None]]]:
         "/explain": {"file": digit},
         "/feedback": {"file": digit, "label": (b"3", None), "predicted": (b"5", None), "model_version": (b"v1", None)},
         # A real ZIP, so that odd epochs are read; an odd filename goes with an empty ZIP, so no job starts.
-        "/upload_and_retrain": {"file": (digits_zip(mnist), "digits.zip"), "zipfile": (empty_zip(), "digits.zip"),
-                                "epochs": (b"1", None)},
+        "/upload_and_retrain": {
+            "file": (digits_zip(mnist), "digits.zip"),
+            "zipfile": (empty_zip(), "digits.zip"),
+            "epochs": (b"1", None),
+        },
     }
 
 
@@ -189,8 +227,11 @@ MULTIPART_PATHS = ["/predict", "/predict/batch", "/predict/sequence", "/explain"
 
 def test_fuzz_covers_every_multipart_endpoint_and_field(fuzz_client, mnist):
     spec = fuzz_client.get("/openapi.json").json
-    multipart_paths = {path for path, ops in spec["paths"].items()
-                       if "multipart/form-data" in ops.get("post", {}).get("requestBody", {}).get("content", {})}
+    multipart_paths = {
+        path
+        for path, ops in spec["paths"].items()
+        if "multipart/form-data" in ops.get("post", {}).get("requestBody", {}).get("content", {})
+    }
     forms = base_forms(mnist)
     assert multipart_paths == set(MULTIPART_PATHS) == set(forms)
     for path in MULTIPART_PATHS:
@@ -223,8 +264,15 @@ def test_odd_unicode_in_every_form_field_is_never_a_500(fuzz_client, mnist, path
                 refused = 400 <= response.status_code < 500
                 answered_json = response.is_json and (not refused or response.json.get("error"))
                 blank_optional = not as_bytes(odd).strip() and field not in required
-                accepted_odd_number = field in number_fields and not refused and "filename" not in case and not blank_optional
-                if response.status_code >= 500 or response.status_code == 202 or not answered_json or accepted_odd_number:
+                accepted_odd_number = (
+                    field in number_fields and not refused and "filename" not in case and not blank_optional
+                )
+                if (
+                    response.status_code >= 500
+                    or response.status_code == 202
+                    or not answered_json
+                    or accepted_odd_number
+                ):
                     failures.append(f"{case}: {response.status_code} {response.get_data(as_text=True)[:160]}")
     assert not failures, f"{path}: {len(failures)} bad answers:\n" + "\n".join(failures)
 
@@ -232,8 +280,28 @@ def test_odd_unicode_in_every_form_field_is_never_a_500(fuzz_client, mnist, path
 def _saveable_modes() -> list[tuple[str, str]]:
     """Every (Pillow mode, format) pair that Pillow can write as PNG or TIFF."""
     pairs = []
-    for mode in ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
-                 "I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+    for mode in (
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "LAB",
+        "HSV",
+        "I",
+        "I;16",
+        "I;16L",
+        "I;16B",
+        "I;16N",
+        "F",
+    ):
         for fmt in ("PNG", "TIFF"):
             try:
                 Image.new(mode, (2, 2)).save(io.BytesIO(), fmt)
@@ -247,7 +315,14 @@ PILLOW_MODES = _saveable_modes()
 
 
 def test_the_mode_list_holds_the_issue_cases():
-    assert {("LAB", "TIFF"), ("CMYK", "TIFF"), ("YCbCr", "TIFF"), ("F", "TIFF"), ("I;16", "PNG"), ("PA", "TIFF")} <= set(PILLOW_MODES)
+    assert {
+        ("LAB", "TIFF"),
+        ("CMYK", "TIFF"),
+        ("YCbCr", "TIFF"),
+        ("F", "TIFF"),
+        ("I;16", "PNG"),
+        ("PA", "TIFF"),
+    } <= set(PILLOW_MODES)
 
 
 @pytest.mark.parametrize("mode, fmt", PILLOW_MODES, ids=[f"{m}-{f}" for m, f in PILLOW_MODES])

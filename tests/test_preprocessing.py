@@ -9,10 +9,10 @@ import pytest
 from PIL import Image, ImageCms
 from scipy import ndimage
 
-from backend.preprocessing import (
+from backend.core.preprocessing import (
     DIGIT_BOX,
-    InvalidImageError,
     MNIST_CENTRE,
+    InvalidImageError,
     decode_image,
     decoded_pixels,
     open_image,

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs import REJECTED, SUCCEEDED, JobStore
-from backend.store import INCOMING_PREFIX, ModelStore, prune
+from backend.core.store import INCOMING_PREFIX, ModelStore
+from backend.data.jobs import REJECTED, RUNNER_MODULE, SUCCEEDED, JobStore
+from backend.data.retention import prune
 from conftest import ADMIN_TOKEN, REPO_ROOT
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -41,8 +42,8 @@ def age(path: Path, seconds: float) -> None:
 
 @pytest.fixture()
 def runner():
-    """A live process that looks like a job runner (its command line names backend.jobs)."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "backend.jobs"])
+    """A live process that looks like a job runner (its command line names backend.data.jobs)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", RUNNER_MODULE])
     yield process.pid
     process.kill()
     process.wait()
@@ -117,14 +118,32 @@ def test_remove_never_takes_the_active_version(stores):
 def test_prune_command_line(stores):
     models, jobs = stores
     finished = subprocess.run(
-        [sys.executable, "-m", "backend.store", "prune", "--keep", "3",
-         "--model-dir", str(models.root), "--data-dir", str(jobs.data_dir)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "backend.store",
+            "prune",
+            "--keep",
+            "3",
+            "--model-dir",
+            str(models.root),
+            "--data-dir",
+            str(jobs.data_dir),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert finished.returncode == 0, finished.stderr
     assert json.loads(finished.stdout) == {"versions": ["v01", "v04", "v05", "v07"], "incoming": [], "job_logs": []}
-    refused = subprocess.run([sys.executable, "-m", "backend.store", "prune", "--keep", "-1"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "backend.store", "prune", "--keep", "-1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "negative" in refused.stderr
 
 

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from backend.styles import mnist_png, photo, render_set
+from backend.data.renderings import mnist_png, photo, render_set
 from benchmarks import floor_app, hot_reload, request_cost
 from benchmarks.servers import REPO_ROOT, gunicorn
 

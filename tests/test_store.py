@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.store import ACTIVE_FILE, INCOMING_PREFIX, ModelStore, VersionNotFoundError
+from backend.core.store import (
+    ACTIVE_FILE,
+    INCOMING_PREFIX,
+    ModelStore,
+    VersionNotFoundError,
+)
 
 
 def write_dummy_model(folder: Path) -> dict:
@@ -140,7 +145,7 @@ def test_store_folder_can_be_moved(tmp_path):
 def test_publish_records_file_hashes_and_check_files_catches_damage(tmp_path):
     import hashlib
 
-    from backend.store import CorruptVersionError
+    from backend.core.store import CorruptVersionError
 
     store = ModelStore(tmp_path)
     publish_dummy(store, "v1")
@@ -169,7 +174,7 @@ def test_publish_flushes_every_file_and_folder_before_the_rename(tmp_path, monke
     monkeypatch.setattr(os, "rename", lambda src, dst: (synced.append("rename"), real_rename(src, dst)))
     publish_dummy(ModelStore(tmp_path), "v1")
     renamed = synced.index("rename")
-    before, after = [Path(p) for p in synced[:renamed]], synced[renamed + 1:]
+    before, after = [Path(p) for p in synced[:renamed]], synced[renamed + 1 :]
     incoming = next(p for p in before if p.name.startswith(INCOMING_PREFIX))
     assert {incoming / "model.keras", incoming / "model.tflite", incoming} <= set(before)
     assert any(p.parent == incoming and "metadata.json" in p.name for p in before)  # its temp file, then os.replace

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from backend.store import ModelStore, VersionNotFoundError
-from backend.train import TrainingConfig, main, train_and_publish
+from backend.core.store import ModelStore, VersionNotFoundError
+from backend.training.train import TrainingConfig, main, train_and_publish
 
 
 def test_tiny_run_writes_a_complete_version(trained_store):
@@ -34,7 +34,7 @@ def test_tiny_run_writes_a_complete_version(trained_store):
 def test_litert_export_matches_keras(trained_store, tiny_data):
     import keras
 
-    from backend.inference import LiteModel
+    from backend.core.inference import LiteModel
 
     version = trained_store.active_version()
     keras_model = keras.models.load_model(trained_store.keras_path(version), compile=False)
@@ -54,7 +54,9 @@ def test_same_seed_same_model(tmp_path, tiny_data):
 
 def test_fine_tune_records_parent(trained_store, tiny_data):
     parent = trained_store.active_version()
-    child = train_and_publish(trained_store, tiny_data, TrainingConfig(epochs=1, batch_size=64), start_from="active", verbose=0)
+    child = train_and_publish(
+        trained_store, tiny_data, TrainingConfig(epochs=1, batch_size=64), start_from="active", verbose=0
+    )
     meta = trained_store.metadata(child)
     assert meta["parent"] == parent
     assert meta["hyperparameters"]["learning_rate"] < 2e-3  # fine-tuning uses the gentler rate

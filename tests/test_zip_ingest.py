@@ -6,10 +6,15 @@ import io
 import json
 import zipfile
 
-import numpy as np
 import pytest
 
-from backend.data import DatasetRejectedError, ZipLimits, ingest_zip, list_datasets, load_uploaded
+from backend.data.datasets import (
+    DatasetRejectedError,
+    ZipLimits,
+    ingest_zip,
+    list_datasets,
+    load_uploaded,
+)
 from conftest import png_bytes
 
 
@@ -57,14 +62,16 @@ def test_digit_folders_at_root(tmp_path, digit_pngs):
 
 def test_digit_folders_inside_one_top_folder_and_junk_skipped(tmp_path, digit_pngs):
     entries = digit_entries(digit_pngs, "my_digits/")
-    entries.update({
-        "__MACOSX/my_digits/0/._0.png": b"mac",
-        "my_digits/.DS_Store": b"x",
-        "my_digits/3/Thumbs.db": b"x",
-        "my_digits/4/notes.txt": b"not an image",
-        "my_digits/5/broken.png": b"\x89PNG broken",
-        "my_digits/readme.md": b"hello",
-    })
+    entries.update(
+        {
+            "__MACOSX/my_digits/0/._0.png": b"mac",
+            "my_digits/.DS_Store": b"x",
+            "my_digits/3/Thumbs.db": b"x",
+            "my_digits/4/notes.txt": b"not an image",
+            "my_digits/5/broken.png": b"\x89PNG broken",
+            "my_digits/readme.md": b"hello",
+        }
+    )
     manifest = ingest_zip(make_zip(entries), tmp_path / "datasets")
     assert manifest["images"] == 30
     reasons = {item["name"]: item["reason"] for item in manifest["skipped"]}
@@ -84,7 +91,7 @@ def test_versions_of_the_same_upload_never_overwrite(tmp_path, digit_pngs):
 
 def symlink(info: zipfile.ZipInfo) -> None:
     """Mark an entry as a Unix symbolic link."""
-    info.external_attr = (0o120777 << 16)
+    info.external_attr = 0o120777 << 16
     info.create_system = 3
 
 
@@ -107,7 +114,13 @@ REFUSALS = [
     ("symlink", lambda p: make_zip({"0/link.png": b"/etc/passwd"}, symlink), None, 400, "symbolic link"),
     ("encrypted", lambda p: encrypted_zip({"0/a.png": p[0][0]}), None, 400, "encrypted"),
     ("no-digit-folders", lambda p: make_zip({"cats/a.png": p[0][0], "b.png": p[1][0]}), None, 400, "No digit folders"),
-    ("only-junk", lambda p: make_zip({"0/notes.txt": b"text", "1/.hidden.png": p[1][0]}), None, 422, "No usable images"),
+    (
+        "only-junk",
+        lambda p: make_zip({"0/notes.txt": b"text", "1/.hidden.png": p[1][0]}),
+        None,
+        422,
+        "No usable images",
+    ),
     ("too-many-entries", lambda p: make_zip(digit_entries(p)), ZipLimits(max_entries=10), 413, "entries"),
     ("too-large", lambda p: make_zip(digit_entries(p)), ZipLimits(max_total_bytes=2000), 413, "unpacks to more"),
     ("zip-bomb-ratio", lambda p: make_zip({"0/bomb.bmp": b"\0" * (3 << 20)}), None, 413, "expands more than"),

@@ -15,7 +15,17 @@ import seaborn as sns
 import streamlit as st
 
 from client import BackendError, backend_url, decode_png
-from ui import DIGITS, attempt, cached_mnist_png, cached_mnist_summary, cached_model, cached_models, history_charts, per_class_frame, show_error
+from ui import (
+    DIGITS,
+    attempt,
+    cached_mnist_png,
+    cached_mnist_summary,
+    cached_model,
+    cached_models,
+    history_charts,
+    per_class_frame,
+    show_error,
+)
 
 GALLERY_SIZE = 30
 GALLERY_COLUMNS = 10
@@ -28,8 +38,9 @@ def pick_version(listing: dict[str, Any]) -> str | None:
         return None
     active = listing.get("active")
     index = versions.index(active) if active in versions else 0
-    return st.selectbox("Model version", versions, index=index,
-                        format_func=lambda v: f"{v} (active)" if v == active else v)
+    return st.selectbox(
+        "Model version", versions, index=index, format_func=lambda v: f"{v} (active)" if v == active else v
+    )
 
 
 def headline(meta: dict[str, Any]) -> None:
@@ -52,8 +63,18 @@ def confusion_figure(matrix: list[list[int]]) -> plt.Figure:
     """The confusion matrix as an annotated seaborn heatmap."""
     values = np.asarray(matrix, dtype=int)
     figure, axes = plt.subplots(figsize=(6.4, 5.2))
-    sns.heatmap(values, annot=True, fmt="d", cmap="Blues", cbar=True, square=True, ax=axes,
-                xticklabels=DIGITS, yticklabels=DIGITS, annot_kws={"size": 8})
+    sns.heatmap(
+        values,
+        annot=True,
+        fmt="d",
+        cmap="Blues",
+        cbar=True,
+        square=True,
+        ax=axes,
+        xticklabels=DIGITS,
+        yticklabels=DIGITS,
+        annot_kws={"size": 8},
+    )
     axes.set_xlabel("predicted digit")
     axes.set_ylabel("true digit")
     figure.tight_layout()
@@ -62,7 +83,10 @@ def confusion_figure(matrix: list[list[int]]) -> plt.Figure:
 
 def per_class_table(per_class: dict[str, dict[str, float]]) -> pd.DataFrame:
     """Precision, recall, F1 and support per digit."""
-    rows = [{"digit": d, **{k: per_class.get(d, {}).get(k) for k in ("precision", "recall", "f1", "support")}} for d in DIGITS]
+    rows = [
+        {"digit": d, **{k: per_class.get(d, {}).get(k) for k in ("precision", "recall", "f1", "support")}}
+        for d in DIGITS
+    ]
     return pd.DataFrame(rows).set_index("digit")
 
 
@@ -77,8 +101,12 @@ def misclassified_gallery(mistakes: list[dict[str, Any]]) -> None:
     except BackendError as exc:
         if not exc.not_found:
             show_error(exc)
-        st.caption("The backend does not serve MNIST test images (GET /mnist/test/<index>.png), so here is the list instead.")
-        st.dataframe(pd.DataFrame(shown, columns=["index", "true", "predicted", "confidence"]), hide_index=True, height=250)
+        st.caption(
+            "The backend does not serve MNIST test images (GET /mnist/test/<index>.png), so here is the list instead."
+        )
+        st.dataframe(
+            pd.DataFrame(shown, columns=["index", "true", "predicted", "confidence"]), hide_index=True, height=250
+        )
         return
     st.caption(f"{len(shown)} of the {len(mistakes)} recorded mistakes: true → predicted (confidence).")
     for start in range(0, len(shown), GALLERY_COLUMNS):
@@ -113,7 +141,9 @@ def data_section(meta: dict[str, Any]) -> None:
     st.markdown("**Average digit per class**")
     means = (summary or {}).get("mean_digit_png") or {}
     if not means:
-        st.caption("The backend serves no MNIST summary (GET /mnist/summary answered 404), so the average digits cannot be shown.")
+        st.caption(
+            "The backend serves no MNIST summary (GET /mnist/summary answered 404), so the average digits cannot be shown."
+        )
         return
     for column, digit in zip(st.columns(10), DIGITS):
         if digit in means:

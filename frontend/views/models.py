@@ -12,8 +12,18 @@ from PIL import Image
 
 from client import BackendError, backend_url
 from ui import (
-    admin_token, attempt, cached_model, cached_models, client, plain_reason, png, refresh_model_caches, short_time,
-    show_error, sources_text, token_help,
+    admin_token,
+    attempt,
+    cached_model,
+    cached_models,
+    client,
+    plain_reason,
+    png,
+    refresh_model_caches,
+    short_time,
+    show_error,
+    sources_text,
+    token_help,
 )
 
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"  # the API's feedback review states
@@ -45,12 +55,20 @@ def version_details(version: str) -> None:
     if meta is None:
         return
     data = meta.get("data") or {}
-    st.markdown(f"Trained on **{data.get('train_examples', '?')}** images, tested on {data.get('test', '?')}; "
-                f"parent `{meta.get('parent') or 'none (from scratch)'}`.")
+    st.markdown(
+        f"Trained on **{data.get('train_examples', '?')}** images, tested on {data.get('test', '?')}; "
+        f"parent `{meta.get('parent') or 'none (from scratch)'}`."
+    )
     sources = data.get("sources") or []
     if sources:
-        rows = [{"name": src.get("name"), "images": src.get("examples"), **{k: v for k, v in src.items() if k not in ("name", "examples", "per_class")}}
-                for src in sources]
+        rows = [
+            {
+                "name": src.get("name"),
+                "images": src.get("examples"),
+                **{k: v for k, v in src.items() if k not in ("name", "examples", "per_class")},
+            }
+            for src in sources
+        ]
         st.dataframe(pd.DataFrame(rows), hide_index=True)
     left, right = st.columns(2)
     with left:
@@ -61,8 +79,10 @@ def version_details(version: str) -> None:
         promotion_decision(version, meta)
         holdout = meta.get("holdout_metrics") or {}
         for name, metrics in holdout.items():
-            st.caption(f"{name.replace('_', ' ')} accuracy: {metrics.get('accuracy', float('nan')):.2%} "
-                       f"on {metrics.get('examples', '?')} images")
+            st.caption(
+                f"{name.replace('_', ' ')} accuracy: {metrics.get('accuracy', float('nan')):.2%} "
+                f"on {metrics.get('examples', '?')} images"
+            )
 
 
 def promotion_decision(version: str, meta: dict[str, Any]) -> None:
@@ -106,7 +126,9 @@ def activation_controls(listing: dict[str, Any]) -> None:
     default = choices.index(parent) if parent in choices else 0
     scores = {row["version"]: row.get("accuracy") for row in others}
     target = st.selectbox(
-        "Version to serve", choices, index=default,
+        "Version to serve",
+        choices,
+        index=default,
         format_func=lambda v: f"{v} · accuracy {scores[v]:.2%}" if scores.get(v) is not None else v,
     )
     pending = st.session_state.get("pending_activation")
@@ -148,8 +170,9 @@ def switch_to(version: str) -> bool:
 def feedback_review() -> None:
     """Pending feedback with the 28x28 input it would train on; an admin accepts or rejects each one."""
     st.subheader("Feedback review")
-    st.caption("Corrections sent from the Predict page wait here: only accepted ones are used by "
-               "retraining with feedback.")
+    st.caption(
+        "Corrections sent from the Predict page wait here: only accepted ones are used by retraining with feedback."
+    )
     if admin_token() is None:
         st.warning(token_help(), icon=":material/key:")
         return
@@ -161,8 +184,10 @@ def feedback_review() -> None:
         return
     shown = listing.get("feedback", [])
     counts = listing.get("counts", {})
-    storage = (f"{counts.get(ACCEPTED, 0)} accepted, {counts.get(REJECTED, 0)} rejected; storage "
-               f"{listing.get('used_bytes', 0) / 1e6:.2f} of {listing.get('quota_bytes', 0) / 1e6:.0f} MB")
+    storage = (
+        f"{counts.get(ACCEPTED, 0)} accepted, {counts.get(REJECTED, 0)} rejected; storage "
+        f"{listing.get('used_bytes', 0) / 1e6:.2f} of {listing.get('quota_bytes', 0) / 1e6:.0f} MB"
+    )
     if not shown:
         st.caption(f"Nothing waits for review ({storage}).")
         return
@@ -181,9 +206,11 @@ def feedback_row(record: dict[str, Any]) -> None:
     except BackendError as exc:
         thumbnail.caption(f"no image: {exc.message}")
     predicted = record.get("predicted")
-    details.markdown(f"Right digit **{record['label']}** · model said **{'?' if predicted is None else predicted}** "
-                     f"(`{record.get('model_version') or 'unknown version'}`) · {short_time(record.get('created'))} · "
-                     f"`{feedback_id}`")
+    details.markdown(
+        f"Right digit **{record['label']}** · model said **{'?' if predicted is None else predicted}** "
+        f"(`{record.get('model_version') or 'unknown version'}`) · {short_time(record.get('created'))} · "
+        f"`{feedback_id}`"
+    )
     for column, status, label in ((accept, ACCEPTED, "Accept"), (reject, REJECTED, "Reject")):
         if column.button(label, key=f"{status}-{feedback_id}"):
             try:
@@ -208,7 +235,8 @@ if not listing.get("versions"):
 count = len(listing["versions"])
 st.caption(f"{count} version{'s' if count != 1 else ''}, newest first. Active: `{listing.get('active') or 'none'}`.")
 st.dataframe(
-    versions_table(listing), hide_index=True,
+    versions_table(listing),
+    hide_index=True,
     column_config={
         "accuracy %": st.column_config.NumberColumn(format="%.2f"),
         "macro F1": st.column_config.NumberColumn(format="%.4f"),
@@ -218,7 +246,11 @@ st.dataframe(
 )
 activation_controls(listing)
 st.subheader("Provenance")
-chosen = st.selectbox("Version", [row["version"] for row in listing["versions"]], key="details-version",
-                      format_func=lambda v: f"{v} (active)" if v == listing.get("active") else v)
+chosen = st.selectbox(
+    "Version",
+    [row["version"] for row in listing["versions"]],
+    key="details-version",
+    format_func=lambda v: f"{v} (active)" if v == listing.get("active") else v,
+)
 version_details(chosen)
 feedback_review()

@@ -37,9 +37,14 @@ def drawn_image() -> Upload | None:
         return None
     try:
         result = st_canvas(
-            stroke_width=18, stroke_color="#FFFFFF", background_color="#000000",
-            height=CANVAS_SIDE, width=CANVAS_SIDE, drawing_mode="freedraw",
-            return_image_data=True, key="canvas",
+            stroke_width=18,
+            stroke_color="#FFFFFF",
+            background_color="#000000",
+            height=CANVAS_SIDE,
+            width=CANVAS_SIDE,
+            drawing_mode="freedraw",
+            return_image_data=True,
+            key="canvas",
         )
     except Exception as exc:  # a component incompatible with this Streamlit must not take the page down
         st.info(f"The drawing canvas failed to load ({type(exc).__name__}); upload an image instead.")
@@ -82,7 +87,9 @@ def feedback_form(image: Upload, result: dict[str, Any], key: str) -> None:
     with st.form(f"feedback-{key}", border=False):
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         choices = [d for d in range(10) if d != result["digit"]]
-        label = left.selectbox("Wrong? The right digit is…", choices, index=None, placeholder="pick the right digit", key=f"label-{key}")
+        label = left.selectbox(
+            "Wrong? The right digit is…", choices, index=None, placeholder="pick the right digit", key=f"label-{key}"
+        )
         submitted = right.form_submit_button("Send correction")
     if not submitted:
         return
@@ -90,7 +97,9 @@ def feedback_form(image: Upload, result: dict[str, Any], key: str) -> None:
         st.warning("Pick the right digit first.")
         return
     try:
-        answer = client().feedback(image, int(label), predicted=result["digit"], model_version=result.get("model_version"))
+        answer = client().feedback(
+            image, int(label), predicted=result["digit"], model_version=result.get("model_version")
+        )
     except BackendError as exc:
         show_error(exc)
         return
@@ -145,7 +154,9 @@ health = attempt(cached_health, backend_url())
 if health is None:
     st.stop()
 if not health.get("model_version"):
-    st.warning("The backend has no active model yet, so it cannot predict. Train one (`make train`) or activate one on the Models page.")
+    st.warning(
+        "The backend has no active model yet, so it cannot predict. Train one (`make train`) or activate one on the Models page."
+    )
     st.stop()
 active_version = health.get("model_version")
 

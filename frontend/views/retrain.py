@@ -9,8 +9,16 @@ import streamlit as st
 
 from client import BackendError, Upload, backend_url
 from ui import (
-    admin_token, attempt, cached_datasets, client, history_charts, per_class_frame, plain_reason, refresh_model_caches,
-    show_error, token_help,
+    admin_token,
+    attempt,
+    cached_datasets,
+    client,
+    history_charts,
+    per_class_frame,
+    plain_reason,
+    refresh_model_caches,
+    show_error,
+    token_help,
 )
 
 ACTIVE_STATES = ("queued", "running")
@@ -58,14 +66,26 @@ def mnist_form(has_token: bool) -> None:
     with st.form("retrain-mnist"):
         st.markdown("#### Retrain on MNIST")
         epochs = st.number_input("Epochs", min_value=1, max_value=100, value=3, step=1)
-        start = st.radio("Start from", ["scratch", "active"], horizontal=True,
-                         format_func=lambda s: "a fresh network" if s == "scratch" else "the active version (fine-tune)")
+        start = st.radio(
+            "Start from",
+            ["scratch", "active"],
+            horizontal=True,
+            format_func=lambda s: "a fresh network" if s == "scratch" else "the active version (fine-tune)",
+        )
         uploads = st.checkbox("Also train on uploaded datasets", value=False)
         feedback = st.checkbox("Also train on accepted feedback corrections", value=False)
         go = st.form_submit_button("Start retraining", type="primary", disabled=not has_token)
     if go:
-        start_job(submit(client().retrain, "POST /retrain", epochs=int(epochs), start_from=start,
-                         include_uploads=uploads, include_feedback=feedback))
+        start_job(
+            submit(
+                client().retrain,
+                "POST /retrain",
+                epochs=int(epochs),
+                start_from=start,
+                include_uploads=uploads,
+                include_feedback=feedback,
+            )
+        )
 
 
 def upload_form(has_token: bool) -> None:
@@ -79,8 +99,12 @@ def upload_form(has_token: bool) -> None:
         if archive is None:
             st.warning("Choose a ZIP file first.")
             return
-        answer = submit(client().upload_and_retrain, "POST /upload_and_retrain",
-                        archive=Upload(archive.name, archive.getvalue(), "application/zip"), epochs=int(epochs))
+        answer = submit(
+            client().upload_and_retrain,
+            "POST /upload_and_retrain",
+            archive=Upload(archive.name, archive.getvalue(), "application/zip"),
+            epochs=int(epochs),
+        )
         start_job(answer, (answer or {}).get("dataset"))
 
 
@@ -123,7 +147,15 @@ def comparison_table(comparison: dict[str, Any]) -> pd.DataFrame:
             continue
         active, candidate = (None if scores.get(k) is None else 100 * scores[k] for k in ("active", "candidate"))
         change = candidate - active if active is not None and candidate is not None else None
-        rows.append({"evaluated on": label, "active": active, "candidate": candidate, "change": change, "examples": scores.get("examples")})
+        rows.append(
+            {
+                "evaluated on": label,
+                "active": active,
+                "candidate": candidate,
+                "change": change,
+                "examples": scores.get("examples"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -140,12 +172,19 @@ def job_result(job: dict[str, Any]) -> None:
         return
     candidate, reason = result.get("candidate"), plain_reason(result.get("reason"))
     if result.get("promoted"):
-        st.success(f"Promoted: `{candidate}` is now the active version (was `{result.get('previous')}`): {reason}.", icon=":material/verified:")
+        st.success(
+            f"Promoted: `{candidate}` is now the active version (was `{result.get('previous')}`): {reason}.",
+            icon=":material/verified:",
+        )
     else:
-        st.warning(f"Rejected: `{candidate}` stays in the store but not in service; `{result.get('previous')}` stays active: {reason}.", icon=":material/block:")
+        st.warning(
+            f"Rejected: `{candidate}` stays in the store but not in service; `{result.get('previous')}` stays active: {reason}.",
+            icon=":material/block:",
+        )
     table = comparison_table(result.get("comparison") or {})
     st.dataframe(
-        table, hide_index=True,
+        table,
+        hide_index=True,
         column_config={
             "active": st.column_config.NumberColumn("active accuracy %", format="%.2f"),
             "candidate": st.column_config.NumberColumn("candidate accuracy %", format="%.2f"),
@@ -205,8 +244,14 @@ def recent_jobs(jobs: list[dict[str, Any]]) -> None:
     if not jobs:
         return
     rows = [
-        {"job": j.get("id"), "kind": j.get("kind"), "status": j.get("status"), "created": j.get("created"),
-         "candidate": (j.get("result") or {}).get("candidate"), "promoted": (j.get("result") or {}).get("promoted")}
+        {
+            "job": j.get("id"),
+            "kind": j.get("kind"),
+            "status": j.get("status"),
+            "created": j.get("created"),
+            "candidate": (j.get("result") or {}).get("candidate"),
+            "promoted": (j.get("result") or {}).get("promoted"),
+        }
         for j in jobs
     ]
     with st.expander(f"All jobs ({len(rows)})"):

@@ -13,17 +13,24 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from backend import budget
-from backend.api import extras, feedback, mnist, models, predict, training
-from backend.api.auth import ensure_admin_token
-from backend.api.schemas import ERROR_SPEC
-from backend.api.services import Services
-from backend.config import Settings
-from backend.feedback import FeedbackStore
-from backend.inference import ActiveModel, ReloadEvent
-from backend.jobs import JobStore
-from backend.observability import RELOADS, configure_logging, init_request_metrics, record_model_served, request_id
-from backend.store import ModelStore
+from backend.core import budget
+from backend.core.config import Settings
+from backend.core.inference import ActiveModel, ReloadEvent
+from backend.core.store import ModelStore
+from backend.data.feedback import FeedbackStore
+from backend.data.jobs import JobStore
+from backend.web.api import extras, feedback, mnist, models, predict, training
+from backend.web.api.auth import ensure_admin_token
+from backend.web.api.schemas import ERROR_SPEC
+from backend.web.api.services import Services
+from backend.web.observability import (
+    LOAD_FAILURES,
+    RELOADS,
+    configure_logging,
+    init_request_metrics,
+    record_model_served,
+    request_id,
+)
 
 API_VERSION = "1.0"
 log = logging.getLogger(__name__)
@@ -35,8 +42,10 @@ HINTS = {
     413: "The upload is over the {limit} MB limit (MAX_UPLOAD_MB): send a smaller file.",
 }
 # A 413 for a body within MAX_UPLOAD_MB comes from werkzeug's form limits (MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE).
-FORM_LIMIT_HINT = ("The form has over {parts} parts or a text field over {field_kb} KB: send only the documented fields, "
-                   "with images and ZIPs as file parts.")
+FORM_LIMIT_HINT = (
+    "The form has over {parts} parts or a text field over {field_kb} KB: send only the documented fields, "
+    "with images and ZIPs as file parts."
+)
 DEEP_JSON = "The JSON body is nested too deeply to read: send a flat JSON object, as /docs shows."
 
 
@@ -74,7 +83,10 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     jobs = JobStore(app.config["DATA_DIR"])
     jobs.reap_dead()  # a job whose process died while the server was down is marked failed
     app.extensions["digit_lab"] = Services(
-        store=store, model=ActiveModel(store, on_reload=_note_reload), jobs=jobs, feedback=FeedbackStore(app.config["DATA_DIR"])
+        store=store,
+        model=ActiveModel(store, on_reload=_note_reload, on_load_failure=lambda failure: LOAD_FAILURES.inc()),
+        jobs=jobs,
+        feedback=FeedbackStore(app.config["DATA_DIR"]),
     )
     for blueprint in (predict.bp, models.bp, training.bp, extras.bp, feedback.bp, mnist.bp):
         app.register_blueprint(blueprint)
@@ -126,11 +138,16 @@ def _register_error_handling(app: APIFlask) -> None:
         if isinstance(exc, HTTPException):
             return exc
         if isinstance(exc, RecursionError) and _raised_by_json_decoder(exc):
-            return {"error": DEEP_JSON}, 400  # webargs parses @input(location="json") with the stdlib json, not app.json
+            return {
+                "error": DEEP_JSON
+            }, 400  # webargs parses @input(location="json") with the stdlib json, not app.json
         rid = request_id()
         log.exception("unhandled error on %s %s (request id %s)", request.method, request.path, rid)
-        return {"error": f"Internal error (request id {rid}); it has been logged. Retry, and report the request id "
-                         "if it persists.", "request_id": rid}, 500
+        return {
+            "error": f"Internal error (request id {rid}); it has been logged. Retry, and report the request id "
+            "if it persists.",
+            "request_id": rid,
+        }, 500
 
 
 def _raised_by_json_decoder(exc: BaseException) -> bool:
@@ -156,8 +173,11 @@ def _hint(error: HTTPError, template: str) -> str:
     """Fill a default error message with the request's details."""
     allowed = ", ".join(sorted(error.headers.get("Allow", "").split(", "))) if error.headers else ""
     return template.format(
-        method=request.method, path=request.path, allowed=allowed or "another method",
-        limit=current_app.config["MAX_UPLOAD_MB"], parts=current_app.config["MAX_FORM_PARTS"],
+        method=request.method,
+        path=request.path,
+        allowed=allowed or "another method",
+        limit=current_app.config["MAX_UPLOAD_MB"],
+        parts=current_app.config["MAX_FORM_PARTS"],
         field_kb=current_app.config["MAX_FORM_MEMORY_SIZE"] // 1000,
     )
 
@@ -166,8 +186,10 @@ def _flatten(detail: dict) -> str:
     """Render a validation error's detail as one readable line."""
     parts = []
     for location, fields in detail.items():
-        for field, problems in (fields.items() if isinstance(fields, dict) else [(location, fields)]):
-            parts.append(f"{location}.{field}: {' '.join(map(str, problems)) if isinstance(problems, list) else problems}")
+        for field, problems in fields.items() if isinstance(fields, dict) else [(location, fields)]:
+            parts.append(
+                f"{location}.{field}: {' '.join(map(str, problems)) if isinstance(problems, list) else problems}"
+            )
     return "; ".join(parts)
 
 

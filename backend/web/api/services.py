@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from backend.feedback import FeedbackStore
-from backend.inference import ActiveModel
-from backend.jobs import JobStore
-from backend.store import ModelStore
+from backend.core.inference import ActiveModel
+from backend.core.store import ModelStore
+from backend.data.feedback import FeedbackStore
+from backend.data.jobs import JobStore
 
 
 @dataclass

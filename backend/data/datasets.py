@@ -1,4 +1,4 @@
-"""Datasets: MNIST from a local .npz or Keras's loader, stemmed once for training and testing."""
+"""Uploaded datasets: a ZIP of folders 0-9 checked, stemmed and stored immutably under DATA_DIR/datasets."""
 
 from __future__ import annotations
 
@@ -10,93 +10,15 @@ import secrets
 import shutil
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backend.fileio import atomic_write_json, fsync_dir
-from backend.preprocessing import InvalidImageError, preprocess_bytes, preprocess_many
-
-MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NUM_CLASSES = 10
-
-
-class DatasetUnavailableError(RuntimeError):
-    """MNIST could be read neither from MNIST_PATH nor from Keras's download."""
-
-
-@dataclass
-class Mnist:
-    """Raw MNIST arrays: uint8 images (n, 28, 28) and uint8 labels."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    source: str
-
-
-def load_mnist(path: str | os.PathLike | None = None) -> Mnist:
-    """Load MNIST from `path` (or $MNIST_PATH) if given, else through keras.datasets.mnist."""
-    path = path or os.environ.get("MNIST_PATH") or None
-    if path:
-        return _load_npz(Path(path))
-    try:
-        from keras.datasets import mnist
-
-        (x_train, y_train), (x_test, y_test) = mnist.load_data()
-    except Exception as exc:  # the loader raises anything from URLError to OSError offline
-        raise DatasetUnavailableError(
-            "MNIST could not be downloaded by keras.datasets.mnist.load_data() "
-            f"({type(exc).__name__}: {exc}). Set MNIST_PATH to a local .npz with the keys "
-            f"{', '.join(MNIST_KEYS)}, e.g. MNIST_PATH=../shared/data/mnist_subset.npz."
-        ) from exc
-    return Mnist(x_train, y_train, x_test, y_test, source="keras.datasets.mnist")
-
-
-KERAS_CACHE = Path("~/.keras/datasets/mnist.npz").expanduser()
-
-
-def mnist_file(path: str | os.PathLike | None = None) -> Path | None:
-    """Return the MNIST .npz a server can read without TensorFlow: MNIST_PATH, else Keras's download cache."""
-    path = path or os.environ.get("MNIST_PATH") or None
-    if path:
-        return Path(path) if Path(path).is_file() else None
-    return KERAS_CACHE if KERAS_CACHE.is_file() else None
-
-
-def _load_npz(path: Path) -> Mnist:
-    """Read an MNIST .npz with Keras's key names, with errors that say what to fix."""
-    if not path.is_file():
-        raise DatasetUnavailableError(
-            f"MNIST_PATH points to {path}, which does not exist. Set MNIST_PATH to a .npz with the keys "
-            f"{', '.join(MNIST_KEYS)} (here: ../shared/data/mnist_subset.npz), or unset it to download."
-        )
-    try:
-        with np.load(path) as archive:
-            missing = [key for key in MNIST_KEYS if key not in archive.files]
-            if missing:
-                raise DatasetUnavailableError(f"{path} lacks the MNIST keys {missing}; it needs {MNIST_KEYS}.")
-            arrays = {key: archive[key] for key in MNIST_KEYS}
-    except (OSError, ValueError) as exc:
-        raise DatasetUnavailableError(f"{path} is not a readable .npz file ({exc}).") from exc
-    return Mnist(**arrays, source=f"npz:{path.name}")
-
-
-def class_counts(labels: np.ndarray) -> dict[str, int]:
-    """Count examples per digit, as a JSON-friendly dict keyed '0'-'9'."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_CLASSES)
-    return {str(digit): int(count) for digit, count in enumerate(counts)}
-
-
-def stemmed(images: np.ndarray) -> np.ndarray:
-    """Run MNIST-style arrays through the shared stem and add the channel axis."""
-    return preprocess_many(images)[..., np.newaxis]
-
-
-# --- Uploaded ZIP datasets ---------------------------------------------------------------------
+from backend.core.fileio import atomic_write_json, fsync_dir
+from backend.core.preprocessing import InvalidImageError, preprocess_bytes
+from backend.data.mnist import DatasetUnavailableError, class_counts
 
 JUNK_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 HOLDOUT_SHARE_PERCENT = 20  # of each upload, chosen by content hash so the split never changes
@@ -168,7 +90,8 @@ def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[
             budget[0] += len(chunk)
             if budget[0] > limits.max_total_bytes:
                 raise DatasetRejectedError(
-                    f"The ZIP unpacks to more than {limits.max_total_bytes // (1 << 20)} MB: send fewer or smaller images.", 413
+                    f"The ZIP unpacks to more than {limits.max_total_bytes // (1 << 20)} MB: send fewer or smaller images.",
+                    413,
                 )
             if size > RATIO_CHECK_AFTER_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
                 raise DatasetRejectedError(
@@ -209,7 +132,9 @@ def ingest_zip(data: bytes, datasets_dir: Path, limits: ZipLimits | None = None,
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
-        raise DatasetRejectedError(f"The file is not a readable ZIP archive ({exc}): send a .zip of folders 0-9.") from exc
+        raise DatasetRejectedError(
+            f"The file is not a readable ZIP archive ({exc}): send a .zip of folders 0-9."
+        ) from exc
     if len(infos) > limits.max_entries:
         raise DatasetRejectedError(f"The ZIP has {len(infos)} entries, over the limit of {limits.max_entries}.", 413)
     for info in infos:
@@ -251,17 +176,26 @@ def ingest_zip(data: bytes, datasets_dir: Path, limits: ZipLimits | None = None,
         digest = hashlib.sha256(content).hexdigest()
         label = int(inner[0])
         stored = f"{label}/{len(images):05d}-{_safe_name(inner[-1])}"
-        images.append({"path": stored, "label": label, "sha256": digest, "original": info.filename,
-                       "split": "holdout" if int(digest[:8], 16) % 100 < HOLDOUT_SHARE_PERCENT else "train"})
+        images.append(
+            {
+                "path": stored,
+                "label": label,
+                "sha256": digest,
+                "original": info.filename,
+                "split": "holdout" if int(digest[:8], 16) % 100 < HOLDOUT_SHARE_PERCENT else "train",
+            }
+        )
         contents.append(content)
     if not images:
-        raise DatasetRejectedError("No usable images after skipping junk: put PNG/JPEG digit images in folders 0-9.", 422)
+        raise DatasetRejectedError(
+            "No usable images after skipping junk: put PNG/JPEG digit images in folders 0-9.", 422
+        )
 
-    dataset_id = f"ds-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    dataset_id = f"ds-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     labels = np.array([item["label"] for item in images], np.int64)
     manifest = {
         "id": dataset_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "filename": filename,
         "zip_sha256": hashlib.sha256(data).hexdigest(),
         "images": len(images),
@@ -277,8 +211,12 @@ def ingest_zip(data: bytes, datasets_dir: Path, limits: ZipLimits | None = None,
             target = incoming / item["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-        np.savez_compressed(incoming / ARRAYS_FILE, x=np.stack(arrays), y=labels,
-                            holdout=np.array([item["split"] == "holdout" for item in images]))
+        np.savez_compressed(
+            incoming / ARRAYS_FILE,
+            x=np.stack(arrays),
+            y=labels,
+            holdout=np.array([item["split"] == "holdout" for item in images]),
+        )
         atomic_write_json(incoming / MANIFEST_FILE, manifest)
         os.rename(incoming, datasets_dir / dataset_id)
         fsync_dir(datasets_dir)
@@ -290,7 +228,9 @@ def ingest_zip(data: bytes, datasets_dir: Path, limits: ZipLimits | None = None,
 
 def dataset_summary(manifest: dict) -> dict:
     """Return the short description of a stored dataset that the API answers with."""
-    return {key: manifest[key] for key in ("id", "images", "per_class", "skipped", "holdout_images", "created", "filename")}
+    return {
+        key: manifest[key] for key in ("id", "images", "per_class", "skipped", "holdout_images", "created", "filename")
+    }
 
 
 def list_datasets(datasets_dir: Path) -> list[dict]:

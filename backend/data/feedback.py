@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from backend.data import UploadedDataset
-from backend.fileio import atomic_write_bytes
-from backend.jobs import now
-from backend.preprocessing import MNIST_SIDE, preprocess_bytes
+from backend.core.fileio import atomic_write_bytes
+from backend.core.preprocessing import MNIST_SIDE, preprocess_bytes
+from backend.data.datasets import UploadedDataset
+from backend.data.jobs import now
 
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
 STATUSES = (PENDING, ACCEPTED, REJECTED)
@@ -162,8 +162,15 @@ class FeedbackStore:
                 db.execute("ROLLBACK")
                 raise
 
-    def add(self, model_input: np.ndarray, label: int, predicted: int | None = None, model_version: str | None = None,
-            filename: str | None = None, max_bytes: int | None = None) -> tuple[dict[str, Any], bool]:
+    def add(
+        self,
+        model_input: np.ndarray,
+        label: int,
+        predicted: int | None = None,
+        model_version: str | None = None,
+        filename: str | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[dict[str, Any], bool]:
         """Store a stemmed image with its right label; return (record, created).
 
         The same pixels with the same label return the existing record and `created` False.
@@ -171,9 +178,16 @@ class FeedbackStore:
         """
         png = encode_model_input(model_input)
         record = {
-            "id": uuid.uuid4().hex[:12], "created": now(), "label": int(label), "predicted": predicted,
-            "model_version": model_version, "filename": _note(filename),
-            "sha256": content_hash(model_input), "status": PENDING, "bytes": len(png), "stored": STORED_MODEL_INPUT,
+            "id": uuid.uuid4().hex[:12],
+            "created": now(),
+            "label": int(label),
+            "predicted": predicted,
+            "model_version": model_version,
+            "filename": _note(filename),
+            "sha256": content_hash(model_input),
+            "status": PENDING,
+            "bytes": len(png),
+            "stored": STORED_MODEL_INPUT,
         }
         record["path"] = f"{record['id']}.png"
         file = self.image_dir / record["path"]
@@ -194,7 +208,8 @@ class FeedbackStore:
                 db.execute(
                     "INSERT INTO feedback (id, created, label, predicted, model_version, filename, path, sha256, "
                     "status, bytes, stored) VALUES (:id, :created, :label, :predicted, :model_version, :filename, "
-                    ":path, :sha256, :status, :bytes, :stored)", record,
+                    ":path, :sha256, :status, :bytes, :stored)",
+                    record,
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -206,8 +221,10 @@ class FeedbackStore:
     @staticmethod
     def _find(db: sqlite3.Connection, sha256: str, label: int) -> dict[str, Any] | None:
         """Return the stored model input with these pixels and label, if any."""
-        row = db.execute("SELECT * FROM feedback WHERE sha256 = ? AND label = ? AND stored = ? ORDER BY rowid LIMIT 1",
-                         (sha256, label, STORED_MODEL_INPUT)).fetchone()
+        row = db.execute(
+            "SELECT * FROM feedback WHERE sha256 = ? AND label = ? AND stored = ? ORDER BY rowid LIMIT 1",
+            (sha256, label, STORED_MODEL_INPUT),
+        ).fetchone()
         return dict(row) if row else None
 
     def get(self, record_id: str) -> dict[str, Any] | None:

@@ -3,7 +3,9 @@
 Training, serving, ZIP ingest and the notebook all call `preprocess_bytes`, `preprocess_image`
 or `preprocess_gray`, so the model never sees pixels prepared two different ways.
 The steps repeat how MNIST itself was made: white ink on black, cropped to the ink, longest
-side scaled to 20 px with anti-aliasing, then placed in 28x28 by its centre of mass.
+side scaled to 20 px with anti-aliasing, then placed in 28x28 by its centre of mass. Before the
+crop, photos of real paper are cleaned (backend.core.cleanup): uneven light is evened out and
+ruled or squared paper and printed boxes are removed; both steps leave clean images bit-identical.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from backend import budget
-from backend.config import DEFAULT_MAX_IMAGE_PIXELS
+from backend.core import budget
+from backend.core.cleanup import flatten_illumination, remove_lines
+from backend.core.config import DEFAULT_MAX_IMAGE_PIXELS
 
 MNIST_SIDE = 28
 DIGIT_BOX = 20
@@ -149,7 +152,12 @@ def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def preprocess_gray(gray: np.ndarray) -> np.ndarray:
     """Turn a 2-D grey-level array (0-255, any polarity) into the 28x28 float32 model input."""
-    return digit_from_ink(remove_specks(ink_map(gray)))
+    return digit_from_ink(clean_ink(gray))
+
+
+def clean_ink(gray: np.ndarray) -> np.ndarray:
+    """Return the page's ink (white on black, 0-1): light evened out, printed lines and specks removed."""
+    return remove_specks(remove_lines(ink_map(flatten_illumination(_grey_levels(gray)))))
 
 
 def digit_from_ink(ink: np.ndarray) -> np.ndarray:
@@ -220,7 +228,9 @@ def _border_index(shape: tuple[int, int]) -> np.ndarray:
     height, width = shape
     band = max(1, round(BORDER_FRACTION * min(height, width)))
     index = np.arange(height * width).reshape(shape)
-    return np.concatenate([index[:band].ravel(), index[-band:].ravel(), index[:, :band].ravel(), index[:, -band:].ravel()])
+    return np.concatenate(
+        [index[:band].ravel(), index[-band:].ravel(), index[:, :band].ravel(), index[:, -band:].ravel()]
+    )
 
 
 def remove_specks(ink: np.ndarray) -> np.ndarray:
@@ -243,7 +253,9 @@ def _fit_to_box(digit: np.ndarray) -> np.ndarray:
     if size == (width, height):  # already MNIST-sized, as MNIST's own digits are
         resized = digit
     else:
-        resized = np.clip(np.asarray(Image.fromarray(digit, mode="F").resize(size, Image.Resampling.LANCZOS)), 0.0, None)
+        resized = np.clip(
+            np.asarray(Image.fromarray(digit, mode="F").resize(size, Image.Resampling.LANCZOS)), 0.0, None
+        )
     peak = float(resized.max())
     return resized / peak if peak > 0 else resized
 

@@ -11,12 +11,26 @@ from apiflask import APIBlueprint, abort
 from flask import current_app, request
 from PIL import Image
 
-from backend import budget
-from backend.api.schemas import BatchPrediction, BatchUpload, ImageUpload, Prediction, PredictQuery, error_responses
-from backend.api.services import services
-from backend.inference import LiteModel
-from backend.observability import record_predictions
-from backend.preprocessing import MNIST_SIDE, InvalidImageError, decoded_pixels, load_image, open_image, preprocess_image
+from backend.core import budget
+from backend.core.inference import LiteModel
+from backend.core.preprocessing import (
+    MNIST_SIDE,
+    InvalidImageError,
+    decoded_pixels,
+    load_image,
+    open_image,
+    preprocess_image,
+)
+from backend.web.api.schemas import (
+    BatchPrediction,
+    BatchUpload,
+    ImageUpload,
+    Prediction,
+    PredictQuery,
+    error_responses,
+)
+from backend.web.api.services import services
+from backend.web.observability import record_predictions
 
 bp = APIBlueprint("predict", __name__, tag="Predict")
 
@@ -29,7 +43,7 @@ ERRORS = error_responses(
     }
 )
 MAX_FIELDS_NAMED = 5  # an error names a few of the fields received, never thousands
-SEND_INSTEAD = "Send the image as multipart/form-data field 'file', or as JSON {\"image\": \"<base64>\"}."
+SEND_INSTEAD = 'Send the image as multipart/form-data field \'file\', or as JSON {"image": "<base64>"}.'
 
 
 def image_from_request() -> bytes:
@@ -92,7 +106,9 @@ def served_model() -> LiteModel:
     return model
 
 
-def prediction(probabilities: np.ndarray, version: str, inference_ms: float, model_input: np.ndarray | None = None) -> dict:
+def prediction(
+    probabilities: np.ndarray, version: str, inference_ms: float, model_input: np.ndarray | None = None
+) -> dict:
     """Shape one row of probabilities as the API's prediction object."""
     digit = int(np.argmax(probabilities))
     result = {
@@ -112,9 +128,16 @@ def prediction(probabilities: np.ndarray, version: str, inference_ms: float, mod
 @bp.post("/predict")
 @bp.input(ImageUpload, location="files", validation=False)
 @bp.input(PredictQuery, location="query", arg_name="query", validation=False)
-@bp.doc(summary="Predict the digit in one image",
-        responses={200: {"description": "The digit, its confidence and all ten probabilities",
-                         "content": {"application/json": {"schema": Prediction}}}, **ERRORS})
+@bp.doc(
+    summary="Predict the digit in one image",
+    responses={
+        200: {
+            "description": "The digit, its confidence and all ten probabilities",
+            "content": {"application/json": {"schema": Prediction}},
+        },
+        **ERRORS,
+    },
+)
 def predict(files_data: dict, query: dict) -> dict:
     """Predict one image sent as multipart `file` or JSON `{"image": base64}`."""
     include = request.args.get("include")
@@ -146,8 +169,11 @@ def predict_batch(files_data: dict) -> dict:
     pixels = sum(decoded_pixels(image) for image in images)
     batch_limit = current_app.config["MAX_BATCH_PIXELS"]
     if pixels > batch_limit:
-        abort(413, f"The batch holds {pixels:,} pixels, over the limit of {batch_limit:,} (MAX_BATCH_PIXELS): "
-                   "send smaller images, or split them into smaller batches.")
+        abort(
+            413,
+            f"The batch holds {pixels:,} pixels, over the limit of {batch_limit:,} (MAX_BATCH_PIXELS): "
+            "send smaller images, or split them into smaller batches.",
+        )
     inputs = stem_images(images, labels)
     model = served_model()
     started = time.perf_counter()

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MAX_IMAGE_PIXELS = 12_000_000  # a 12 MP phone photo; anything larger is refused from its header
 
 

@@ -1,4 +1,4 @@
-"""Reading rows of digits and explaining a prediction (feedback lives in backend.api.feedback)."""
+"""Reading rows of digits and explaining a prediction (feedback lives in backend.web.api.feedback)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,24 @@ import numpy as np
 from apiflask import APIBlueprint, abort
 from flask import current_app
 
-from backend import budget
-from backend.api.predict import ERRORS, image_from_request, open_upload, served_model, stem_upload
-from backend.api.schemas import Explanation, ImageUpload, SequencePrediction
-from backend.observability import record_predictions
-from backend.preprocessing import InvalidImageError, decoded_pixels, load_image, to_grayscale
-from backend.saliency import occlusion_heatmap, overlay_png
-from backend.sequence import segment_digits
+from backend.core import budget
+from backend.core.preprocessing import (
+    InvalidImageError,
+    decoded_pixels,
+    load_image,
+    to_grayscale,
+)
+from backend.core.saliency import occlusion_heatmap, overlay_png
+from backend.core.sequence import segment_digits
+from backend.web.api.predict import (
+    ERRORS,
+    image_from_request,
+    open_upload,
+    served_model,
+    stem_upload,
+)
+from backend.web.api.schemas import Explanation, ImageUpload, SequencePrediction
+from backend.web.observability import record_predictions
 
 bp = APIBlueprint("extras", __name__, tag="Extras")
 
@@ -35,8 +46,11 @@ def predict_sequence(files_data: dict) -> dict:
     probabilities = model.predict(np.stack([segment.model_input for segment in segments]))
     scale = image.width / gray.shape[1]  # the stem may analyse a large photo at reduced size
     items = [
-        {"digit": int(row.argmax()), "confidence": float(row.max()),
-         "box": [int(round(v * scale)) for v in segment.box]}
+        {
+            "digit": int(row.argmax()),
+            "confidence": float(row.max()),
+            "box": [int(round(v * scale)) for v in segment.box],
+        }
         for segment, row in zip(segments, probabilities)
     ]
     record_predictions([item["digit"] for item in items])
@@ -54,5 +68,10 @@ def explain(files_data: dict) -> dict:
     probabilities = model.predict(model_input[np.newaxis])[0]
     digit = int(probabilities.argmax())
     heatmap = occlusion_heatmap(model, model_input, digit)
-    return {"digit": digit, "confidence": float(probabilities[digit]), "heatmap": np.round(heatmap, 4).tolist(),
-            "overlay_png": overlay_png(model_input, heatmap), "model_version": model.version}
+    return {
+        "digit": digit,
+        "confidence": float(probabilities[digit]),
+        "heatmap": np.round(heatmap, 4).tolist(),
+        "overlay_png": overlay_png(model_input, heatmap),
+        "model_version": model.version,
+    }

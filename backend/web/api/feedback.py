@@ -13,21 +13,37 @@ from flask_limiter import Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
-from backend.api.auth import auth
-from backend.api.predict import stem_upload
-from backend.api.schemas import (
-    DIGIT_PATTERN, FeedbackCreated, FeedbackForm, FeedbackList, FeedbackQuery, FeedbackRecord, FeedbackReview,
+from backend.data.feedback import MAX_TEXT_CHARS, STATUSES, FeedbackQuotaError
+from backend.web.api.auth import auth
+from backend.web.api.predict import stem_upload
+from backend.web.api.schemas import (
+    DIGIT_PATTERN,
+    FeedbackCreated,
+    FeedbackForm,
+    FeedbackList,
+    FeedbackQuery,
+    FeedbackRecord,
+    FeedbackReview,
     error_responses,
 )
-from backend.api.services import services
-from backend.feedback import MAX_TEXT_CHARS, STATUSES, FeedbackQuotaError
+from backend.web.api.services import services
 
 bp = APIBlueprint("feedback", __name__, tag="Feedback")
 
 ADMIN_ERRORS = {401: "Missing or wrong admin token"}
 NOT_FOUND = "No feedback record {id!r}: list them with GET /feedback."
-PNG_RESPONSE = {200: {"description": "The 28x28 grey model input", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}
-ZIP_RESPONSE = {200: {"description": "ZIP archive", "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}}
+PNG_RESPONSE = {
+    200: {
+        "description": "The 28x28 grey model input",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+ZIP_RESPONSE = {
+    200: {
+        "description": "ZIP archive",
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 class StorageFull(HTTPError):
@@ -42,7 +58,9 @@ def init_rate_limit(app: APIFlask) -> Limiter:
     limiter = Limiter(get_remote_address, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URI"], swallow_errors=True)
     endpoint = f"{bp.name}.{add_feedback.__name__}"
     # Wrapping this app's view (not the module's function) keeps each app's counters to itself.
-    app.view_functions[endpoint] = limiter.limit(_feedback_rate_limit, on_breach=_rate_limited)(app.view_functions[endpoint])
+    app.view_functions[endpoint] = limiter.limit(_feedback_rate_limit, on_breach=_rate_limited)(
+        app.view_functions[endpoint]
+    )
     _drop_app_wide_hooks(app, limiter)
     return limiter
 
@@ -53,7 +71,9 @@ def _drop_app_wide_hooks(app: APIFlask, limiter: Limiter) -> None:
     Its before/after_request hooks serve default and application-wide limits and rate-limit headers,
     none of which this app uses, and cost about 70 us on every request (/predict included).
     """
-    app.before_request_funcs[None] = [f for f in app.before_request_funcs[None] if getattr(f, "__self__", None) is not limiter]
+    app.before_request_funcs[None] = [
+        f for f in app.before_request_funcs[None] if getattr(f, "__self__", None) is not limiter
+    ]
     app.after_request_funcs[None] = [f for f in app.after_request_funcs[None] if limiter not in getattr(f, "args", ())]
 
 
@@ -65,8 +85,12 @@ def _feedback_rate_limit() -> str:
 def _rate_limited(breach: RequestLimit) -> Response:
     """Answer a client over the limit with JSON 429 and Retry-After (seconds)."""
     retry_after = max(1, math.ceil(breach.reset_at - time.time()))
-    response = jsonify({"error": f"Too many feedback posts from this client (limit {breach.limit}, "
-                                 f"FEEDBACK_RATE_LIMIT): try again in {retry_after} s."})
+    response = jsonify(
+        {
+            "error": f"Too many feedback posts from this client (limit {breach.limit}, "
+            f"FEEDBACK_RATE_LIMIT): try again in {retry_after} s."
+        }
+    )
     response.status_code = 429
     response.headers["Retry-After"] = str(retry_after)
     return response
@@ -96,7 +120,9 @@ def _short_text(name: str) -> str | None:
     if not raw:
         return None
     if len(raw) > MAX_TEXT_CHARS or not raw.isprintable():
-        abort(400, f"Form field '{name}' must be at most {MAX_TEXT_CHARS} printable characters, like 'v20240101-120000'.")
+        abort(
+            400, f"Form field '{name}' must be at most {MAX_TEXT_CHARS} printable characters, like 'v20240101-120000'."
+        )
     return raw
 
 
@@ -108,17 +134,28 @@ def _quota_bytes() -> int:
 @bp.post("/feedback")
 @bp.input(FeedbackForm, location="files", validation=False)
 @bp.output(FeedbackCreated, status_code=201, description="Stored as a new record")
-@bp.doc(summary="Report the right digit for an image the model got wrong",
-        description="Only the image's 28x28 model input is stored, as a small PNG, and it waits for an admin to "
-                    "accept it before any retraining uses it. The same image with the same label again answers "
-                    "200 with the existing record and stores nothing.",
-        responses={200: {"description": "Already stored: the existing record",
-                         "content": {"application/json": {"schema": FeedbackCreated}}},
-                   **error_responses({400: "Bad label, field or image", 413: "Upload too large",
-                                      422: "A blank image: no digit stands out",
-                                      429: "Too many feedback posts from this client (FEEDBACK_RATE_LIMIT); see Retry-After",
-                                      503: "The request ran over its time budget",
-                                      507: "Feedback storage is full (FEEDBACK_MAX_MB)"})})
+@bp.doc(
+    summary="Report the right digit for an image the model got wrong",
+    description="Only the image's 28x28 model input is stored, as a small PNG, and it waits for an admin to "
+    "accept it before any retraining uses it. The same image with the same label again answers "
+    "200 with the existing record and stores nothing.",
+    responses={
+        200: {
+            "description": "Already stored: the existing record",
+            "content": {"application/json": {"schema": FeedbackCreated}},
+        },
+        **error_responses(
+            {
+                400: "Bad label, field or image",
+                413: "Upload too large",
+                422: "A blank image: no digit stands out",
+                429: "Too many feedback posts from this client (FEEDBACK_RATE_LIMIT); see Retry-After",
+                503: "The request ran over its time budget",
+                507: "Feedback storage is full (FEEDBACK_MAX_MB)",
+            }
+        ),
+    },
+)
 def add_feedback(files_data: dict) -> tuple[dict, int]:
     """Store the image's model input with its right label, pending review; answer 201, or 200 for a duplicate."""
     upload = request.files.get("file")
@@ -134,7 +171,11 @@ def add_feedback(files_data: dict) -> tuple[dict, int]:
     model_input = stem_upload(upload.read())
     try:
         record, created = services().feedback.add(
-            model_input, label, predicted=predicted, model_version=model_version, filename=upload.filename,
+            model_input,
+            label,
+            predicted=predicted,
+            model_version=model_version,
+            filename=upload.filename,
             max_bytes=_quota_bytes(),
         )
     except FeedbackQuotaError as exc:
@@ -150,17 +191,24 @@ def add_feedback(files_data: dict) -> tuple[dict, int]:
 def list_feedback(query_data: dict) -> dict:
     """List feedback records (optionally one review state, or the first few), their counts and the storage they use."""
     store = services().feedback
-    return {"feedback": store.list(query_data["status"], query_data["limit"]), "counts": store.counts(),
-            "used_bytes": store.used_bytes(), "quota_bytes": _quota_bytes()}
+    return {
+        "feedback": store.list(query_data["status"], query_data["limit"]),
+        "counts": store.counts(),
+        "used_bytes": store.used_bytes(),
+        "quota_bytes": _quota_bytes(),
+    }
 
 
 @bp.post("/feedback/<feedback_id>/review")
 @bp.auth_required(auth)
 @bp.input(FeedbackReview, location="json")
 @bp.output(FeedbackRecord)
-@bp.doc(summary="Accept or reject a feedback record (only accepted ones are trained on)",
-        responses=error_responses({**ADMIN_ERRORS, 400: f"Status is not one of {', '.join(STATUSES)}",
-                                   404: "No such feedback record"}))
+@bp.doc(
+    summary="Accept or reject a feedback record (only accepted ones are trained on)",
+    responses=error_responses(
+        {**ADMIN_ERRORS, 400: f"Status is not one of {', '.join(STATUSES)}", 404: "No such feedback record"}
+    ),
+)
 def review_feedback(feedback_id: str, json_data: dict) -> dict:
     """Set one record's review state."""
     record = services().feedback.review(feedback_id, json_data["status"])
@@ -171,8 +219,10 @@ def review_feedback(feedback_id: str, json_data: dict) -> dict:
 
 @bp.get("/feedback/<feedback_id>.png")
 @bp.auth_required(auth)
-@bp.doc(summary="One feedback record's stored image: the 28x28 model input",
-        responses={**PNG_RESPONSE, **error_responses({**ADMIN_ERRORS, 404: "No such record, or its image is gone"})})
+@bp.doc(
+    summary="One feedback record's stored image: the 28x28 model input",
+    responses={**PNG_RESPONSE, **error_responses({**ADMIN_ERRORS, 404: "No such record, or its image is gone"})},
+)
 def feedback_image(feedback_id: str) -> Response:
     """Return the grey PNG that training with this record would use."""
     store = services().feedback
@@ -189,13 +239,18 @@ def feedback_image(feedback_id: str) -> Response:
 @bp.get("/feedback/export")
 @bp.auth_required(auth)
 @bp.input(FeedbackQuery, location="query")
-@bp.doc(summary="Download feedback as a ZIP of folders 0-9 (the /upload_and_retrain layout)",
-        description="Streamed entry by entry. feedback.json lists every record with its review state; one whose "
-                    "image is gone from the server is marked \"missing\": true and left out of the folders.",
-        responses={**ZIP_RESPONSE, **error_responses(ADMIN_ERRORS)})
+@bp.doc(
+    summary="Download feedback as a ZIP of folders 0-9 (the /upload_and_retrain layout)",
+    description="Streamed entry by entry. feedback.json lists every record with its review state; one whose "
+    'image is gone from the server is marked "missing": true and left out of the folders.',
+    responses={**ZIP_RESPONSE, **error_responses(ADMIN_ERRORS)},
+)
 def export_feedback(query_data: dict) -> Response:
     """Stream feedback images (optionally one review state) as a ZIP in the 0/…9/ layout."""
     store = services().feedback
     records = store.list(query_data["status"], query_data["limit"])
-    return Response(store.export_zip(records), mimetype="application/zip",
-                    headers={"Content-Disposition": "attachment; filename=feedback.zip"})
+    return Response(
+        store.export_zip(records),
+        mimetype="application/zip",
+        headers={"Content-Disposition": "attachment; filename=feedback.zip"},
+    )

@@ -12,8 +12,8 @@ from apiflask import APIBlueprint, Schema, abort, fields
 from flask import Response, current_app
 from PIL import Image
 
-from backend.api.schemas import error_responses
-from backend.data import class_counts, mnist_file
+from backend.data.mnist import class_counts, mnist_file
+from backend.web.api.schemas import error_responses
 
 bp = APIBlueprint("mnist", __name__, tag="MNIST")
 PNG_SCALE = 4
@@ -52,9 +52,13 @@ def _png(array: np.ndarray) -> bytes:
 
 
 @bp.get("/mnist/test/<int:index>.png")
-@bp.doc(summary="One MNIST test digit as PNG",
-        responses={200: {"description": "PNG", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-                   **error_responses({404: "No such index, or no MNIST on this server"})})
+@bp.doc(
+    summary="One MNIST test digit as PNG",
+    responses={
+        200: {"description": "PNG", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses({404: "No such index, or no MNIST on this server"}),
+    },
+)
 def test_digit(index: int) -> Response:
     """Return MNIST test image `index` (as listed among a model's misclassified examples)."""
     _, arrays = _mnist()
@@ -65,8 +69,10 @@ def test_digit(index: int) -> Response:
 
 @bp.get("/mnist/summary")
 @bp.output(MnistSummary)
-@bp.doc(summary="MNIST class distribution and average digit per class",
-        responses=error_responses({404: "No MNIST on this server"}))
+@bp.doc(
+    summary="MNIST class distribution and average digit per class",
+    responses=error_responses({404: "No MNIST on this server"}),
+)
 def summary() -> dict:
     """Return per-class counts for train and test, and each class's mean training image."""
     path, arrays = _mnist()
@@ -74,5 +80,9 @@ def summary() -> dict:
         str(d): base64.b64encode(_png(arrays["x_train"][arrays["y_train"] == d].mean(axis=0))).decode()
         for d in range(10)
     }
-    return {"source": path.name, "train_per_class": class_counts(arrays["y_train"]),
-            "test_per_class": class_counts(arrays["y_test"]), "mean_digit_png": means}
+    return {
+        "source": path.name,
+        "train_per_class": class_counts(arrays["y_train"]),
+        "test_per_class": class_counts(arrays["y_test"]),
+        "mean_digit_png": means,
+    }

@@ -9,17 +9,28 @@ import re
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask, Response, g, has_request_context, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import REGISTRY, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 REQUESTS = Counter("digitlab_http_requests_total", "HTTP requests handled", ["endpoint", "method", "status"])
 LATENCY = Histogram(
-    "digitlab_http_request_duration_seconds", "HTTP request latency", ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS
+    "digitlab_http_request_duration_seconds",
+    "HTTP request latency",
+    ["endpoint", "method", "status"],
+    buckets=LATENCY_BUCKETS,
 )
 PREDICTIONS = Counter("digitlab_predictions_total", "Digits predicted, by predicted digit", ["digit"])
 RELOADS = Counter("digitlab_model_reloads_total", "Times a worker swapped in a newly activated model version")
@@ -27,7 +38,10 @@ LOAD_FAILURES = Counter(
     "digitlab_model_load_failures_total", "Times a worker could not load the version ACTIVE names (it kept the old one)"
 )
 ACTIVE_VERSION = Gauge(
-    "digitlab_model_active_info", "1 for the model version a worker serves", ["version"], multiprocess_mode="livemostrecent"
+    "digitlab_model_active_info",
+    "1 for the model version a worker serves",
+    ["version"],
+    multiprocess_mode="livemostrecent",
 )
 
 
@@ -47,7 +61,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render one record as a single-line JSON object."""
         entry = {
-            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -139,10 +153,19 @@ def init_request_metrics(app: Flask) -> None:
             REQUESTS.labels(**labels).inc()
             LATENCY.labels(**labels).observe(seconds)
             if access_log.isEnabledFor(access_level):
-                access_log.log(access_level, "%s %s %s", request.method, request.path, status, extra={
-                    "method": request.method, "endpoint": endpoint, "status": status,
-                    "latency_ms": round(seconds * 1000, 3),
-                })
+                access_log.log(
+                    access_level,
+                    "%s %s %s",
+                    request.method,
+                    request.path,
+                    status,
+                    extra={
+                        "method": request.method,
+                        "endpoint": endpoint,
+                        "status": status,
+                        "latency_ms": round(seconds * 1000, 3),
+                    },
+                )
         return response
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from apiflask import Schema, fields
 from apiflask.validators import Length, OneOf, Range, Regexp
 
-from backend.feedback import MAX_TEXT_CHARS, STATUSES
-from backend.jobs import DEFAULT_EPOCHS, MAX_EPOCHS
-from backend.jobs import STATUSES as JOB_STATUSES
-from backend.store import DEFAULT_KEEP, LOG_KEEP_DAYS
+from backend.data.feedback import MAX_TEXT_CHARS, STATUSES
+from backend.data.jobs import DEFAULT_EPOCHS, MAX_EPOCHS
+from backend.data.jobs import STATUSES as JOB_STATUSES
+from backend.data.retention import DEFAULT_KEEP, LOG_KEEP_DAYS
 
 
 class Error(Schema):
@@ -50,7 +50,9 @@ class PredictQuery(Schema):
     """Options of /predict."""
 
     include = fields.String(
-        load_default=None, validate=OneOf(["input"]), metadata={"description": "`input` adds the 28x28 array the model saw."}
+        load_default=None,
+        validate=OneOf(["input"]),
+        metadata={"description": "`input` adds the 28x28 array the model saw."},
     )
 
 
@@ -62,7 +64,9 @@ class Prediction(Schema):
     probabilities = fields.List(fields.Float(), required=True, metadata={"description": "10 floats summing to 1."})
     model_version = fields.String(required=True)
     inference_ms = fields.Float(required=True)
-    input = fields.List(fields.List(fields.Float()), metadata={"description": "28x28 model input, with ?include=input."})
+    input = fields.List(
+        fields.List(fields.Float()), metadata={"description": "28x28 model input, with ?include=input."}
+    )
 
 
 class BatchPrediction(Schema):
@@ -76,23 +80,33 @@ class Health(Schema):
 
     status = fields.String(required=True, validate=OneOf(["ok", "degraded", "no-model", "ready", "not-ready"]))
     model_version = fields.String(allow_none=True, required=True)
-    reason = fields.String(metadata={"description": "Why the worker is degraded or not ready; absent when all is well."})
+    reason = fields.String(
+        metadata={"description": "Why the worker is degraded or not ready; absent when all is well."}
+    )
 
 
 class PruneRequest(Schema):
     """What the retention policy keeps; all optional."""
 
-    keep = fields.Integer(load_default=DEFAULT_KEEP, validate=Range(0, 10_000),
-                          metadata={"description": "Newest versions kept besides the active one and its parent."})
-    log_days = fields.Float(load_default=LOG_KEEP_DAYS, validate=Range(0, 36_500),
-                            metadata={"description": "Job logs of ended jobs not written for this many days are deleted."})
+    keep = fields.Integer(
+        load_default=DEFAULT_KEEP,
+        validate=Range(0, 10_000),
+        metadata={"description": "Newest versions kept besides the active one and its parent."},
+    )
+    log_days = fields.Float(
+        load_default=LOG_KEEP_DAYS,
+        validate=Range(0, 36_500),
+        metadata={"description": "Job logs of ended jobs not written for this many days are deleted."},
+    )
 
 
 class PruneResult(Schema):
     """What a prune removed."""
 
     versions = fields.List(fields.String(), required=True, metadata={"description": "Removed model versions."})
-    incoming = fields.List(fields.String(), required=True, metadata={"description": "Removed abandoned .incoming-* folders."})
+    incoming = fields.List(
+        fields.String(), required=True, metadata={"description": "Removed abandoned .incoming-* folders."}
+    )
     job_logs = fields.List(fields.String(), required=True, metadata={"description": "Removed job log files."})
 
 
@@ -129,15 +143,23 @@ class ModelMetadata(Schema):
     test_metrics = fields.Dict()
     architecture = fields.Dict()
     environment = fields.Dict()
-    holdout_metrics = fields.Dict(metadata={"description": "Accuracy on uploaded hold-out sets, for fine-tuned versions."})
+    holdout_metrics = fields.Dict(
+        metadata={"description": "Accuracy on uploaded hold-out sets, for fine-tuned versions."}
+    )
     job = fields.String(metadata={"description": "The job that trained this version, if any."})
 
 
 class RetrainRequest(Schema):
     """Options of a retraining job; all optional."""
 
-    epochs = fields.Integer(load_default=None, validate=Range(1, MAX_EPOCHS), allow_none=True, metadata={
-        "description": f"Default {DEFAULT_EPOCHS['active']} from the active model, {DEFAULT_EPOCHS['scratch']} from scratch."})
+    epochs = fields.Integer(
+        load_default=None,
+        validate=Range(1, MAX_EPOCHS),
+        allow_none=True,
+        metadata={
+            "description": f"Default {DEFAULT_EPOCHS['active']} from the active model, {DEFAULT_EPOCHS['scratch']} from scratch."
+        },
+    )
     from_ = fields.String(data_key="from", load_default="active", validate=OneOf(["scratch", "active"]))
     include_uploads = fields.Boolean(load_default=False)
     include_feedback = fields.Boolean(load_default=False)
@@ -147,10 +169,14 @@ class RetrainRequest(Schema):
 class ZipUpload(Schema):
     """A ZIP of folders 0-9 as multipart field `file` (or `zipfile`)."""
 
-    file = fields.File(metadata={"description": "ZIP with folders 0-9 of digit images (at its root or in one top folder)."})
+    file = fields.File(
+        metadata={"description": "ZIP with folders 0-9 of digit images (at its root or in one top folder)."}
+    )
     zipfile = fields.File(metadata={"description": "Accepted instead of `file` for older clients."})
-    epochs = fields.Integer(validate=Range(1, MAX_EPOCHS),
-                            metadata={"description": f"Fine-tuning epochs, ASCII digits (default {DEFAULT_EPOCHS['upload']})."})
+    epochs = fields.Integer(
+        validate=Range(1, MAX_EPOCHS),
+        metadata={"description": f"Fine-tuning epochs, ASCII digits (default {DEFAULT_EPOCHS['upload']})."},
+    )
 
 
 class SkippedFile(Schema):
@@ -223,7 +249,9 @@ class SequenceItem(Schema):
 
     digit = fields.Integer(required=True)
     confidence = fields.Float(required=True)
-    box = fields.List(fields.Integer(), required=True, metadata={"description": "[x, y, width, height] in image pixels."})
+    box = fields.List(
+        fields.Integer(), required=True, metadata={"description": "[x, y, width, height] in image pixels."}
+    )
 
 
 class SequencePrediction(Schema):
@@ -250,10 +278,18 @@ DIGIT_PATTERN = "^[0-9]$"  # one ASCII digit: str.isdigit() would also let throu
 class FeedbackForm(Schema):
     """A wrongly predicted image and its right label."""
 
-    file = fields.File(required=True, metadata={"description": "The image as sent to /predict; only its 28x28 model input is kept."})
-    label = fields.String(required=True, validate=Regexp(DIGIT_PATTERN), metadata={"description": "The right digit, ASCII 0-9."})
-    predicted = fields.String(validate=Regexp(DIGIT_PATTERN), metadata={"description": "What the model answered, ASCII 0-9."})
-    model_version = fields.String(validate=Length(max=MAX_TEXT_CHARS), metadata={"description": "The version that answered."})
+    file = fields.File(
+        required=True, metadata={"description": "The image as sent to /predict; only its 28x28 model input is kept."}
+    )
+    label = fields.String(
+        required=True, validate=Regexp(DIGIT_PATTERN), metadata={"description": "The right digit, ASCII 0-9."}
+    )
+    predicted = fields.String(
+        validate=Regexp(DIGIT_PATTERN), metadata={"description": "What the model answered, ASCII 0-9."}
+    )
+    model_version = fields.String(
+        validate=Length(max=MAX_TEXT_CHARS), metadata={"description": "The version that answered."}
+    )
 
 
 class FeedbackCreated(Schema):
@@ -261,7 +297,9 @@ class FeedbackCreated(Schema):
 
     id = fields.String(required=True)
     status = fields.String(required=True, validate=OneOf(STATUSES))
-    duplicate = fields.Boolean(required=True, metadata={"description": "True when the same image and label were already stored."})
+    duplicate = fields.Boolean(
+        required=True, metadata={"description": "True when the same image and label were already stored."}
+    )
 
 
 class FeedbackRecord(Schema):
@@ -274,8 +312,12 @@ class FeedbackRecord(Schema):
     model_version = fields.String(allow_none=True)
     filename = fields.String(allow_none=True)
     path = fields.String()
-    sha256 = fields.String(metadata={"description": "Hash of the stored 28x28 grey levels (the dedupe key, with label)."})
-    status = fields.String(validate=OneOf(STATUSES), metadata={"description": "Review state; only accepted feedback is trained on."})
+    sha256 = fields.String(
+        metadata={"description": "Hash of the stored 28x28 grey levels (the dedupe key, with label)."}
+    )
+    status = fields.String(
+        validate=OneOf(STATUSES), metadata={"description": "Review state; only accepted feedback is trained on."}
+    )
     bytes = fields.Integer(metadata={"description": "Stored size, counted against FEEDBACK_MAX_MB."})
 
 
@@ -283,8 +325,12 @@ class FeedbackList(Schema):
     """Feedback records, oldest first, and the storage they use."""
 
     feedback = fields.List(fields.Nested(FeedbackRecord), required=True)
-    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
-                         metadata={"description": "Records per review status, whatever the filter."})
+    counts = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "Records per review status, whatever the filter."},
+    )
     used_bytes = fields.Integer(required=True)
     quota_bytes = fields.Integer(required=True, metadata={"description": "FEEDBACK_MAX_MB in bytes."})
 
@@ -292,8 +338,12 @@ class FeedbackList(Schema):
 class FeedbackQuery(Schema):
     """Which feedback to list or export."""
 
-    status = fields.String(load_default=None, validate=OneOf(STATUSES), metadata={"description": "Only records in this review state."})
-    limit = fields.Integer(load_default=None, validate=Range(1, 100_000), metadata={"description": "At most this many, oldest first."})
+    status = fields.String(
+        load_default=None, validate=OneOf(STATUSES), metadata={"description": "Only records in this review state."}
+    )
+    limit = fields.Integer(
+        load_default=None, validate=Range(1, 100_000), metadata={"description": "At most this many, oldest first."}
+    )
 
 
 class FeedbackReview(Schema):

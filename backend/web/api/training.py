@@ -7,18 +7,38 @@ import re
 from apiflask import APIBlueprint, abort
 from flask import current_app, request, url_for
 
-from backend import budget
-from backend.api.auth import auth
-from backend.api.schemas import (
-    Activation, DatasetList, Job, JobAccepted, JobList, RetrainRequest, ZipUpload, error_responses,
+from backend.core import budget
+from backend.core.inference import verify_version
+from backend.core.store import CorruptVersionError, VersionNotFoundError
+from backend.data.datasets import (
+    DatasetRejectedError,
+    ZipLimits,
+    dataset_summary,
+    ingest_zip,
+    list_datasets,
 )
-from backend.api.services import services
-from backend.data import DatasetRejectedError, ZipLimits, dataset_summary, ingest_zip, list_datasets
-from backend.inference import verify_version
-from backend.jobs import (
-    MAX_EPOCHS, UNFINISHED, JobAlreadyEndedError, JobConflictError, JobNotFoundError, JobStore, default_epochs, launch,
+from backend.data.jobs import (
+    MAX_EPOCHS,
+    UNFINISHED,
+    JobAlreadyEndedError,
+    JobConflictError,
+    JobNotFoundError,
+    JobStore,
+    default_epochs,
+    launch,
 )
-from backend.store import CorruptVersionError, VersionNotFoundError
+from backend.web.api.auth import auth
+from backend.web.api.schemas import (
+    Activation,
+    DatasetList,
+    Job,
+    JobAccepted,
+    JobList,
+    RetrainRequest,
+    ZipUpload,
+    error_responses,
+)
+from backend.web.api.services import services
 
 bp = APIBlueprint("training", __name__, tag="Training")
 
@@ -37,8 +57,11 @@ def _start(kind: str, params: dict, epochs: int) -> dict:
     """Queue a job, start its process and return the 202 body."""
     job = _jobs().create(kind, params, epochs)
     config = current_app.config
-    env = {"MODEL_DIR": str(config["MODEL_DIR"]), "DATA_DIR": str(config["DATA_DIR"]),
-           "GATE_MAX_MNIST_DROP": str(config["GATE_MAX_MNIST_DROP"])}
+    env = {
+        "MODEL_DIR": str(config["MODEL_DIR"]),
+        "DATA_DIR": str(config["DATA_DIR"]),
+        "GATE_MAX_MNIST_DROP": str(config["GATE_MAX_MNIST_DROP"]),
+    }
     if config["MNIST_PATH"]:
         env["MNIST_PATH"] = str(config["MNIST_PATH"])
     try:
@@ -53,13 +76,21 @@ def _start(kind: str, params: dict, epochs: int) -> dict:
 @bp.auth_required(auth)
 @bp.input(RetrainRequest, location="json", arg_name="options")
 @bp.output(JobAccepted, status_code=202, description="The job was queued")
-@bp.doc(summary="Retrain on MNIST (optionally with uploads and feedback)",
-        responses=error_responses({400: "Bad options", 401: "Missing or wrong admin token", 409: "A job is already running"}))
+@bp.doc(
+    summary="Retrain on MNIST (optionally with uploads and feedback)",
+    responses=error_responses(
+        {400: "Bad options", 401: "Missing or wrong admin token", 409: "A job is already running"}
+    ),
+)
 def retrain(options: dict) -> tuple[dict, int]:
     """Start a retraining job on MNIST, from scratch or from the active model."""
     start_from = options["from_"]
-    params = {"from": start_from, "include_uploads": options["include_uploads"],
-              "include_feedback": options["include_feedback"], "seed": options["seed"]}
+    params = {
+        "from": start_from,
+        "include_uploads": options["include_uploads"],
+        "include_feedback": options["include_feedback"],
+        "seed": options["seed"],
+    }
     epochs = options["epochs"] or default_epochs("retrain", start_from)
     try:
         return _start("retrain", {**params, "epochs": epochs}, epochs), 202
@@ -71,9 +102,18 @@ def retrain(options: dict) -> tuple[dict, int]:
 @bp.auth_required(auth)
 @bp.input(ZipUpload, location="files", validation=False)
 @bp.output(JobAccepted, status_code=202, description="The dataset was stored and a fine-tuning job queued")
-@bp.doc(summary="Upload a ZIP of folders 0-9 and fine-tune the active model on it",
-        responses=error_responses({400: "Not a usable ZIP", 401: "Missing or wrong admin token",
-                                   409: "A job is already running", 413: "ZIP too large", 422: "No usable images"}))
+@bp.doc(
+    summary="Upload a ZIP of folders 0-9 and fine-tune the active model on it",
+    responses=error_responses(
+        {
+            400: "Not a usable ZIP",
+            401: "Missing or wrong admin token",
+            409: "A job is already running",
+            413: "ZIP too large",
+            422: "No usable images",
+        }
+    ),
+)
 def upload_and_retrain(files_data: dict) -> tuple[dict, int]:
     """Validate and store a ZIP dataset, then start a fine-tuning job on it."""
     upload = request.files.get("file") or request.files.get("zipfile")
@@ -113,8 +153,10 @@ def list_jobs() -> dict:
 
 @bp.get("/jobs/<job_id>")
 @bp.output(Job)
-@bp.doc(summary="A job's status, progress, live history, log tail, result and error",
-        responses=error_responses({404: "No such job"}))
+@bp.doc(
+    summary="A job's status, progress, live history, log tail, result and error",
+    responses=error_responses({404: "No such job"}),
+)
 def get_job(job_id: str) -> dict:
     """Return one job."""
     try:
@@ -126,10 +168,12 @@ def get_job(job_id: str) -> dict:
 @bp.post("/jobs/<job_id>/cancel")
 @bp.auth_required(auth)
 @bp.output(Job)
-@bp.doc(summary="Cancel a queued or running job (the active model is never changed)",
-        description="The job ends `cancelled` at once and its process is stopped. A job that already ended "
-                    "another way (e.g. it promoted its candidate a moment earlier) is left as it is: 409 says what happened.",
-        responses=error_responses({401: "Missing or wrong admin token", 404: "No such job", 409: "The job already ended"}))
+@bp.doc(
+    summary="Cancel a queued or running job (the active model is never changed)",
+    description="The job ends `cancelled` at once and its process is stopped. A job that already ended "
+    "another way (e.g. it promoted its candidate a moment earlier) is left as it is: 409 says what happened.",
+    responses=error_responses({401: "Missing or wrong admin token", 404: "No such job", 409: "The job already ended"}),
+)
 def cancel_job(job_id: str) -> dict:
     """Cancel a job."""
     try:
@@ -143,11 +187,18 @@ def cancel_job(job_id: str) -> dict:
 @bp.post("/models/<version>/activate")
 @bp.auth_required(auth)
 @bp.output(Activation)
-@bp.doc(summary="Make a stored version active (promotion by hand, or rollback)",
-        description="The version is checked first: its file hashes, a LiteRT load, its shapes and a probe prediction. "
-                    "A damaged version is refused with 422 and ACTIVE is left as it was.",
-        responses=error_responses({401: "Missing or wrong admin token", 404: "No such version",
-                                   422: "The version is damaged or is not a digit model"}))
+@bp.doc(
+    summary="Make a stored version active (promotion by hand, or rollback)",
+    description="The version is checked first: its file hashes, a LiteRT load, its shapes and a probe prediction. "
+    "A damaged version is refused with 422 and ACTIVE is left as it was.",
+    responses=error_responses(
+        {
+            401: "Missing or wrong admin token",
+            404: "No such version",
+            422: "The version is damaged or is not a digit model",
+        }
+    ),
+)
 def activate(version: str) -> dict:
     """Point ACTIVE at a verified version; every worker serves it on its next request."""
     store = services().store

@@ -1,6 +1,6 @@
 """Training jobs: state in SQLite under DATA_DIR, each job run by its own detached process.
 
-The web worker that accepts a job only inserts a row and starts `python -m backend.jobs <id>`;
+The web worker that accepts a job only inserts a row and starts `python -m backend.training.runner <id>`;
 it never trains, so no worker blocks and gunicorn's timeout never fires. One job runs at a time:
 the check and the insert happen in one IMMEDIATE transaction. A job whose process died (server
 restart, OOM kill) is marked failed the next time anyone looks.
@@ -24,12 +24,14 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
+from backend.core.config import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ CANCEL_WAIT_SECONDS = 5  # how long a cancel waits for the job's process to exit
 MAX_EPOCHS = 100
 DEFAULT_EPOCHS = {"scratch": 30, "active": 3, "upload": 4}  # per starting point; uploads fine-tune the active model
 LOG_TAIL_LINES = 40
+RUNNER_MODULE = (
+    "backend.training.runner"  # the job process; named, never imported, so the web tier stays TensorFlow-free
+)
 START_GRACE_SECONDS = 60  # a queued job with no process after this long never started
 WAL_SWITCH_SECONDS = 30  # how long a starting worker retries while another switches the table to WAL
 JSON_FIELDS = ("params", "history", "log", "result")
@@ -84,8 +89,10 @@ class JobAlreadyEndedError(RuntimeError):
     def __init__(self, job: dict[str, Any]) -> None:
         result = job.get("result") or {}
         if job["status"] == SUCCEEDED and result.get("promoted"):
-            detail = (f"it promoted version {result['candidate']}, which became active. "
-                      f"To roll back, POST /models/{result['previous']}/activate.")
+            detail = (
+                f"it promoted version {result['candidate']}, which became active. "
+                f"To roll back, POST /models/{result['previous']}/activate."
+            )
         else:
             detail = "there is nothing to cancel."
         super().__init__(f"Job {job['id']} already ended ({job['status']}): {detail}")
@@ -123,7 +130,7 @@ def uninterrupted() -> Iterator[None]:
 
 def now() -> str:
     """Return the current UTC time as ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def process_alive(pid: int | None) -> bool:
@@ -135,7 +142,7 @@ def process_alive(pid: int | None) -> bool:
         status = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
     except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
         return False
-    return status != "Z" and b"backend.jobs" in cmdline
+    return status != "Z" and RUNNER_MODULE.encode() in cmdline
 
 
 class JobStore:
@@ -193,7 +200,9 @@ class JobStore:
         return job
 
     @staticmethod
-    def _move(db: sqlite3.Connection, job_id: str, status: str, expected: tuple[str, ...], fields: dict[str, Any]) -> bool:
+    def _move(
+        db: sqlite3.Connection, job_id: str, status: str, expected: tuple[str, ...], fields: dict[str, Any]
+    ) -> bool:
         """Compare-and-set: move a job to `status` only if it is in one of `expected`; return whether it moved."""
         values = _encode(fields)
         if status not in UNFINISHED:
@@ -286,7 +295,9 @@ class JobStore:
                 return False
             if promote is not None:
                 promote()
-            return self._move(db, job_id, SUCCEEDED if promote else REJECTED, (RUNNING,), {"result": result, "progress": 1.0})
+            return self._move(
+                db, job_id, SUCCEEDED if promote else REJECTED, (RUNNING,), {"result": result, "progress": 1.0}
+            )
 
     def append_log(self, job_id: str, line: str) -> None:
         """Add a line to the job's log tail (and its full log file)."""
@@ -312,13 +323,17 @@ class JobStore:
             ).fetchall()
         for row in rows:
             if row["pid"] is None:
-                age = (datetime.now(timezone.utc) - datetime.fromisoformat(row["created"])).total_seconds()
+                age = (datetime.now(UTC) - datetime.fromisoformat(row["created"])).total_seconds()
                 if age < START_GRACE_SECONDS:
                     continue
             elif process_alive(row["pid"]):
                 continue
-            self.finish(row["id"], FAILED, error="The training process died (server restart, crash or kill); "
-                        "the active model was not changed. Start the job again.")
+            self.finish(
+                row["id"],
+                FAILED,
+                error="The training process died (server restart, crash or kill); "
+                "the active model was not changed. Start the job again.",
+            )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job at once, then stop its process; the active model is left as it was.
@@ -362,47 +377,15 @@ def launch(store: JobStore, job_id: str, env: dict[str, str] | None = None) -> i
     store.log_dir.mkdir(exist_ok=True)
     log_file = open(store.log_dir / f"{job_id}.out", "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "backend.jobs", str(store.data_dir), job_id],
-        stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", RUNNER_MODULE, str(store.data_dir), job_id],
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # survives the worker; a server restart does not kill training
-        env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, **(env or {})},
+        cwd=REPO_ROOT,
     )
     log_file.close()
     store.update(job_id, pid=process.pid)  # lets a cancel stop it before it records itself
     threading.Thread(target=process.wait, daemon=True).start()  # reap it, so it never lingers as a zombie
     return process.pid
-
-
-def _stop(signum: int, frame: Any) -> None:
-    """Turn a cancel's SIGTERM into JobCancelled wherever the runner is."""
-    raise JobCancelled()
-
-
-def run(data_dir: str, job_id: str) -> int:
-    """Job process entry point: run the job unless it was cancelled first; execute() records the verdict."""
-    store = JobStore(data_dir)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        if not store.start(job_id, os.getpid()):
-            log.info("job %s is no longer queued; not training", job_id)
-            return 1
-        from backend.retraining import execute  # imports TensorFlow: only for a job that really starts
-
-        execute(store.get(job_id), store)
-    except JobCancelled:
-        # A cancel already marked the job; this line is for a SIGTERM from elsewhere (e.g. a shutdown).
-        if store.finish(job_id, CANCELLED, error=CANCEL_MESSAGE):
-            store.append_log(job_id, "stopped by SIGTERM; the active model is unchanged")
-        return 1
-    except Exception as exc:  # any failure ends the job, never the server
-        store.append_log(job_id, f"failed: {type(exc).__name__}: {exc}")
-        with open(store.log_dir / f"{job_id}.log", "a") as handle:
-            handle.write(traceback.format_exc())
-        store.finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(run(sys.argv[1], sys.argv[2]))

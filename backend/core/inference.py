@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from backend.store import CorruptVersionError, ModelStore, VersionNotFoundError
+from backend.core.store import CorruptVersionError, ModelStore, VersionNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,17 @@ def verify_version(store: ModelStore, version: str) -> LiteModel:
         raise CorruptVersionError(f"model.tflite of version {version} cannot be loaded by LiteRT: {exc}") from exc
     shapes = tuple(details[0]["shape"][1:]), tuple(details[1]["shape"][1:])
     if shapes != (INPUT_SHAPE, (CLASSES,)):
-        raise CorruptVersionError(f"version {version} maps {shapes[0]} to {shapes[1]}, not 28x28x1 images to {CLASSES} classes")
-    if probe.shape != (2, CLASSES) or not np.all(np.isfinite(probe)) or not np.allclose(probe.sum(axis=1), 1, atol=1e-3):
-        raise CorruptVersionError(f"version {version} does not answer a probe with {CLASSES} probabilities summing to 1")
+        raise CorruptVersionError(
+            f"version {version} maps {shapes[0]} to {shapes[1]}, not 28x28x1 images to {CLASSES} classes"
+        )
+    if (
+        probe.shape != (2, CLASSES)
+        or not np.all(np.isfinite(probe))
+        or not np.allclose(probe.sum(axis=1), 1, atol=1e-3)
+    ):
+        raise CorruptVersionError(
+            f"version {version} does not answer a probe with {CLASSES} probabilities summing to 1"
+        )
     return model
 
 
@@ -105,9 +113,15 @@ class ActiveModel:
     changes again or RELOAD_RETRY_SECONDS later, never on every request.
     """
 
-    def __init__(self, store: ModelStore, on_reload: Callable[[ReloadEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        on_reload: Callable[[ReloadEvent], None] | None = None,
+        on_load_failure: Callable[[LoadFailure], None] | None = None,
+    ) -> None:
         self.store = store
         self._on_reload = on_reload
+        self._on_load_failure = on_load_failure
         self._lock = threading.Lock()
         self._model: LiteModel | None = None
         self._stamp: tuple[int, int] | None = None
@@ -142,13 +156,14 @@ class ActiveModel:
             self._stamp = stamp
             self.failure = LoadFailure(version, f"{type(exc).__name__}: {exc}", time.monotonic() + RELOAD_RETRY_SECONDS)
             log.error("could not load model version %s, still serving %s: %s", version, self.version, exc)
-            from backend.observability import LOAD_FAILURES  # here, so the job runner's LiteModel never imports Flask
-
-            LOAD_FAILURES.inc()
+            if self._on_load_failure is not None:
+                self._on_load_failure(self.failure)
             return
         previous, self._model, self._stamp, self.failure = self._model, fresh, stamp, None
         seconds = time.perf_counter() - started
-        log.info("serving model version %s (was %s), loaded in %.3f s", version, getattr(previous, "version", None), seconds)
+        log.info(
+            "serving model version %s (was %s), loaded in %.3f s", version, getattr(previous, "version", None), seconds
+        )
         if self._on_reload is not None:
             self._on_reload(ReloadEvent(version, getattr(previous, "version", None), seconds))
 
@@ -161,10 +176,17 @@ class ActiveModel:
         """Return this worker's state: ok, degraded (serving an older version than ACTIVE names) or no-model."""
         model, failure = self.current(), self.failure
         if model is None:
-            reason = f"could not load version {failure.version}: {failure.error}" if failure else "no model version is active"
+            reason = (
+                f"could not load version {failure.version}: {failure.error}"
+                if failure
+                else "no model version is active"
+            )
             return {"status": "no-model", "model_version": None, "reason": reason}
         if failure is not None:
-            return {"status": "degraded", "model_version": model.version,
-                    "reason": f"ACTIVE names version {failure.version}, which this worker could not load "
-                              f"({failure.error}); still serving {model.version}"}
+            return {
+                "status": "degraded",
+                "model_version": model.version,
+                "reason": f"ACTIVE names version {failure.version}, which this worker could not load "
+                f"({failure.error}); still serving {model.version}",
+            }
         return {"status": "ok", "model_version": model.version}

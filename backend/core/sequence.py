@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from backend import budget
-from backend.preprocessing import InvalidImageError, digit_from_ink, ink_map, remove_specks
+from backend.core import budget
+from backend.core.preprocessing import InvalidImageError, clean_ink, digit_from_ink
 
 MERGE_OVERLAP = 0.5  # share of the narrower group's width two groups must share to be one digit
 FRAGMENT_HEIGHT = 0.6  # a group shorter than this share of the median digit height is a broken-off stroke
@@ -42,8 +42,10 @@ def _blobs(ink: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
             "send a photo or drawing of one row of digits on plain paper.",
             422,
         )
-    boxes = [(slice(int(y), int(y + h)), slice(int(x), int(x + w)))
-             for x, y, w, h in stats[1:, [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]]]
+    boxes = [
+        (slice(int(y), int(y + h)), slice(int(x), int(x + w)))
+        for x, y, w, h in stats[1:, [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]]
+    ]
     return labels, boxes
 
 
@@ -57,8 +59,10 @@ def _groups(slices: list[tuple[slice, slice]]) -> list[list[int]]:
         if heights[smallest] >= FRAGMENT_HEIGHT * float(np.median(heights)):
             break
         _, _, left, right = boxes[smallest]
-        gaps = [max(b_left - right, left - b_right, 0) if i != smallest else np.inf
-                for i, (_, _, b_left, b_right) in enumerate(boxes)]
+        gaps = [
+            max(b_left - right, left - b_right, 0) if i != smallest else np.inf
+            for i, (_, _, b_left, b_right) in enumerate(boxes)
+        ]
         nearest = int(np.argmin(gaps))
         fragment = groups.pop(smallest)
         boxes.pop(smallest)
@@ -71,8 +75,12 @@ def _groups(slices: list[tuple[slice, slice]]) -> list[list[int]]:
 def _group_box(slices: list, group: list[int]) -> tuple[int, int, int, int]:
     """Return (top, bottom, left, right) around a group of blobs."""
     parts = [slices[label - 1] for label in group]
-    return (min(p[0].start for p in parts), max(p[0].stop for p in parts),
-            min(p[1].start for p in parts), max(p[1].stop for p in parts))
+    return (
+        min(p[0].start for p in parts),
+        max(p[0].stop for p in parts),
+        min(p[1].start for p in parts),
+        max(p[1].stop for p in parts),
+    )
 
 
 def _merge_overlapping(slices: list) -> list[list[int]]:
@@ -116,7 +124,7 @@ def _split_columns(ink: np.ndarray, digit_height: float) -> list[tuple[int, int]
 
 def segment_digits(gray: np.ndarray) -> list[Segment]:
     """Find the digits in a grey image (any polarity), left to right."""
-    ink = remove_specks(ink_map(gray))
+    ink = clean_ink(gray)
     labels, slices = _blobs(ink)
     groups = _groups(slices)
     boxes = [_group_box(slices, group) for group in groups]
@@ -135,8 +143,12 @@ def segment_digits(gray: np.ndarray) -> list[Segment]:
         rows, cols = np.nonzero(piece)
         if rows.size == 0:
             continue
-        box = (left + int(cols.min()), top + int(rows.min()), int(cols.max() - cols.min() + 1),
-               int(rows.max() - rows.min() + 1))
+        box = (
+            left + int(cols.min()),
+            top + int(rows.min()),
+            int(cols.max() - cols.min() + 1),
+            int(rows.max() - rows.min() + 1),
+        )
         segments.append(Segment(digit_from_ink(piece), box))
         budget.check("reading the row")
     if not segments:

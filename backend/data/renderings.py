@@ -7,7 +7,7 @@ stem and model work on real-world input, not only on MNIST's own clean 28x28 arr
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -42,10 +42,14 @@ def photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     coverage = np.zeros((page_h, page_w), np.float32)
     top, left = int(rng.integers(0, page_h - side + 1)), int(rng.integers(0, page_w - side + 1))
     coverage[top : top + side, left : left + side] = _strokes(digit, side)
-    rgb = _ink_on_paper(coverage, PAPER_COLOURS[rng.integers(len(PAPER_COLOURS))], INK_COLOURS[rng.integers(len(INK_COLOURS))])
+    rgb = _ink_on_paper(
+        coverage, PAPER_COLOURS[rng.integers(len(PAPER_COLOURS))], INK_COLOURS[rng.integers(len(INK_COLOURS))]
+    )
     ramp = np.linspace(-1, 1, page_w)[np.newaxis, :, np.newaxis] * rng.uniform(5, 25)  # uneven light
     rgb = rgb + ramp + rng.normal(0, 6, rgb.shape)
-    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2))
+    )
     return _encode(image, "JPEG", quality=int(rng.integers(60, 92)))
 
 

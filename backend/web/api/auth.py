@@ -46,8 +46,10 @@ def _verify(token: str) -> bool | None:
 def _unauthorized(error):
     """Answer a missing or wrong token with a 401 that says how to authenticate."""
     return (
-        {"error": "Missing or wrong admin token: send 'Authorization: Bearer <token>' with ADMIN_TOKEN "
-                  "(or the token in DATA_DIR/admin_token)."},
+        {
+            "error": "Missing or wrong admin token: send 'Authorization: Bearer <token>' with ADMIN_TOKEN "
+            "(or the token in DATA_DIR/admin_token)."
+        },
         401,
         {"WWW-Authenticate": 'Bearer realm="digit-lab"'},
     )

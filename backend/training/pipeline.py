@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from backend.config import Settings
-from backend.data import class_counts, list_datasets, load_mnist, load_uploaded, stemmed
-from backend.evaluate import accuracy
-from backend.inference import LiteModel, verify_version
-from backend.jobs import JobCancelled, JobStore, default_epochs, uninterrupted
-from backend.store import ModelStore
-from backend.train import TrainingConfig, TrainingData, train_and_publish
+from backend.core.config import Settings
+from backend.core.inference import LiteModel, verify_version
+from backend.core.store import ModelStore
+from backend.data.datasets import list_datasets, load_uploaded
+from backend.data.jobs import JobCancelled, JobStore, default_epochs, uninterrupted
+from backend.data.mnist import class_counts, load_mnist, stemmed
+from backend.training.evaluate import accuracy
+from backend.training.train import TrainingConfig, TrainingData, train_and_publish
 
 REPLAY_MIN = 6000  # MNIST images replayed alongside an upload
 REPLAY_PER_UPLOADED = 4  # ...or this many per uploaded training image, whichever is more
@@ -36,7 +37,7 @@ def _extra_sources(settings: Settings, dataset_ids: list[str], include_feedback:
     datasets_dir = settings.data_dir / "datasets"
     sources = [(f"upload:{dataset_id}", load_uploaded(datasets_dir, dataset_id)) for dataset_id in dataset_ids]
     if include_feedback:
-        from backend.feedback import FeedbackStore
+        from backend.data.feedback import FeedbackStore
 
         feedback = FeedbackStore(settings.data_dir).as_dataset()
         if feedback is not None:
@@ -69,18 +70,34 @@ def build_training_data(job: dict[str, Any], settings: Settings, say) -> Trainin
 
     x_parts = [stemmed(mnist_x)] + [np.repeat(x, EXTRA_OVERSAMPLE, axis=0) for x in extra_x]
     y_parts = [mnist_y.astype(np.int64)] + [np.repeat(y, EXTRA_OVERSAMPLE) for y in extra_y]
-    sources = [{"name": "mnist", "origin": mnist.source, "examples": int(len(mnist_y)), "per_class": class_counts(mnist_y),
-                "replay": job["kind"] == "upload_and_retrain"}]
-    sources += [{"name": name, "examples": int(len(y)), "per_class": class_counts(y), "oversampled": EXTRA_OVERSAMPLE}
-                for (name, _), y in zip(extras, extra_y)]
+    sources = [
+        {
+            "name": "mnist",
+            "origin": mnist.source,
+            "examples": int(len(mnist_y)),
+            "per_class": class_counts(mnist_y),
+            "replay": job["kind"] == "upload_and_retrain",
+        }
+    ]
+    sources += [
+        {"name": name, "examples": int(len(y)), "per_class": class_counts(y), "oversampled": EXTRA_OVERSAMPLE}
+        for (name, _), y in zip(extras, extra_y)
+    ]
     holdout = {}
     held = [(d.x[d.holdout], d.y[d.holdout]) for name, d in extras if name.startswith("upload:")]
     if held and sum(len(y) for _, y in held):
-        holdout["upload_holdout"] = (np.concatenate([x for x, _ in held]), np.concatenate([y for _, y in held]).astype(np.int64))
+        holdout["upload_holdout"] = (
+            np.concatenate([x for x, _ in held]),
+            np.concatenate([y for _, y in held]).astype(np.int64),
+        )
     return TrainingData(
-        x_train=np.concatenate(x_parts), y_train=np.concatenate(y_parts),
-        x_test=stemmed(mnist.x_test), y_test=mnist.y_test.astype(np.int64),
-        sources=sources, test_source=f"mnist-test ({mnist.source}, {len(mnist.y_test)} images)", holdout=holdout,
+        x_train=np.concatenate(x_parts),
+        y_train=np.concatenate(y_parts),
+        x_test=stemmed(mnist.x_test),
+        y_test=mnist.y_test.astype(np.int64),
+        sources=sources,
+        test_source=f"mnist-test ({mnist.source}, {len(mnist.y_test)} images)",
+        holdout=holdout,
     )
 
 
@@ -133,8 +150,13 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
     if not jobs.update(job_id, epochs=epochs):
         raise JobCancelled()
     candidate = train_and_publish(
-        store, data, TrainingConfig(epochs=epochs, seed=int(params.get("seed", 42))),
-        start_from=start_from, on_epoch=on_epoch, verbose=0, extra_metadata={"job": job_id},
+        store,
+        data,
+        TrainingConfig(epochs=epochs, seed=int(params.get("seed", 42))),
+        start_from=start_from,
+        on_epoch=on_epoch,
+        verbose=0,
+        extra_metadata={"job": job_id},
     )
     with uninterrupted():  # from here a cancel is seen by conclude(), never half-way through a step
         result = _judge(store, candidate, active_version, data, settings, say)
@@ -148,22 +170,30 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
     return result
 
 
-def _judge(store: ModelStore, candidate: str, active_version: str | None, data: TrainingData,
-           settings: Settings, say) -> dict[str, Any]:
+def _judge(
+    store: ModelStore, candidate: str, active_version: str | None, data: TrainingData, settings: Settings, say
+) -> dict[str, Any]:
     """Score the candidate against the active model and return the job's result (the promotion decision)."""
     meta = store.metadata(candidate)
-    candidate_scores = {"mnist_test": meta["test_metrics"]["accuracy"],
-                        **{name: m["accuracy"] for name, m in meta.get("holdout_metrics", {}).items()}}
+    candidate_scores = {
+        "mnist_test": meta["test_metrics"]["accuracy"],
+        **{name: m["accuracy"] for name, m in meta.get("holdout_metrics", {}).items()},
+    }
     active_scores = None
     if active_version is not None:
         active_model = LiteModel(store.tflite_path(active_version), active_version)
-        active_scores = {"mnist_test": accuracy(active_model, data.x_test, data.y_test),
-                         **{name: accuracy(active_model, x, y) for name, (x, y) in data.holdout.items()}}
+        active_scores = {
+            "mnist_test": accuracy(active_model, data.x_test, data.y_test),
+            **{name: accuracy(active_model, x, y) for name, (x, y) in data.holdout.items()},
+        }
     promoted, reason = gate(active_scores, candidate_scores, settings.gate_max_mnist_drop)
     say(f"candidate {candidate}: {reason}")
     comparison = {
-        name: {"active": None if active_scores is None else active_scores[name], "candidate": score,
-               "examples": int(len(data.y_test) if name == "mnist_test" else len(data.holdout[name][1]))}
+        name: {
+            "active": None if active_scores is None else active_scores[name],
+            "candidate": score,
+            "examples": int(len(data.y_test) if name == "mnist_test" else len(data.holdout[name][1])),
+        }
         for name, score in candidate_scores.items()
     }
     return {

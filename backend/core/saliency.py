@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from backend.inference import LiteModel
+from backend.core.inference import LiteModel
 
 PATCH = 6
 STRIDE = 2

@@ -6,21 +6,31 @@ from __future__ import annotations
 from apiflask import APIBlueprint, abort
 from flask import Response
 
-from backend.api.auth import auth
-from backend.api.schemas import Health, ModelList, ModelMetadata, PruneRequest, PruneResult, error_responses
-from backend.api.services import services
-from backend.observability import metrics_response
-from backend.store import VersionNotFoundError, prune
+from backend.core.store import VersionNotFoundError
+from backend.data.retention import prune
+from backend.web.api.auth import auth
+from backend.web.api.schemas import (
+    Health,
+    ModelList,
+    ModelMetadata,
+    PruneRequest,
+    PruneResult,
+    error_responses,
+)
+from backend.web.api.services import services
+from backend.web.observability import metrics_response
 
 bp = APIBlueprint("models", __name__, tag="Models")
 
 
 @bp.get("/health")
 @bp.output(Health)
-@bp.doc(summary="Liveness and the model version this worker serves",
-        description="200 with `ok`, or `degraded` and a `reason` while the worker serves an older version than "
-                    "ACTIVE names because the new one failed to load. 503 `no-model` while it has no model at all.",
-        responses={503: {"description": "No model is loaded", "content": {"application/json": {"schema": Health}}}})
+@bp.doc(
+    summary="Liveness and the model version this worker serves",
+    description="200 with `ok`, or `degraded` and a `reason` while the worker serves an older version than "
+    "ACTIVE names because the new one failed to load. 503 `no-model` while it has no model at all.",
+    responses={503: {"description": "No model is loaded", "content": {"application/json": {"schema": Health}}}},
+)
 def health() -> tuple[dict, int]:
     """Report whether a model is loaded, which, and whether it is the one ACTIVE names."""
     state = services().model.health()
@@ -29,9 +39,11 @@ def health() -> tuple[dict, int]:
 
 @bp.get("/ready")
 @bp.output(Health)
-@bp.doc(summary="Readiness: a model is loaded and the model store is readable",
-        description="For load balancers and orchestrators: route traffic here only on 200.",
-        responses={503: {"description": "Not ready, with the reason", "content": {"application/json": {"schema": Health}}}})
+@bp.doc(
+    summary="Readiness: a model is loaded and the model store is readable",
+    description="For load balancers and orchestrators: route traffic here only on 200.",
+    responses={503: {"description": "Not ready, with the reason", "content": {"application/json": {"schema": Health}}}},
+)
 def ready() -> tuple[dict, int]:
     """Report whether this worker can serve predictions now."""
     model = services().model.current()
@@ -43,7 +55,10 @@ def ready() -> tuple[dict, int]:
 
 @bp.get("/model")
 @bp.output(ModelMetadata)
-@bp.doc(summary="The active version's metadata: metrics, history, confusion matrix", responses=error_responses({404: "No model version is active"}))
+@bp.doc(
+    summary="The active version's metadata: metrics, history, confusion matrix",
+    responses=error_responses({404: "No model version is active"}),
+)
 def active_model() -> dict:
     """Return the active version's metadata.json."""
     version = services().store.active_version()
@@ -74,7 +89,12 @@ def model_version(version: str) -> dict:
 
 
 @bp.get("/metrics")
-@bp.doc(summary="Prometheus metrics", responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}})
+@bp.doc(
+    summary="Prometheus metrics",
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+)
 def metrics() -> Response:
     """Expose request, prediction and model-reload metrics for Prometheus."""
     return metrics_response()
@@ -84,10 +104,12 @@ def metrics() -> Response:
 @bp.auth_required(auth)
 @bp.input(PruneRequest, location="json", arg_name="options")
 @bp.output(PruneResult)
-@bp.doc(summary="Apply the retention policy: remove rejected candidates, old versions, leftovers and old job logs",
-        description="Never removes the active version, its parent, or a version an unfinished job may be publishing. "
-                    "The same as `python -m backend.store prune --keep N`.",
-        responses=error_responses({400: "Bad options", 401: "Missing or wrong admin token"}))
+@bp.doc(
+    summary="Apply the retention policy: remove rejected candidates, old versions, leftovers and old job logs",
+    description="Never removes the active version, its parent, or a version an unfinished job may be publishing. "
+    "The same as `python -m backend.store prune --keep N`.",
+    responses=error_responses({400: "Bad options", 401: "Missing or wrong admin token"}),
+)
 def prune_models(options: dict) -> dict:
     """Remove what the retention policy no longer keeps, and list it."""
     return prune(services().store, services().jobs, keep=options["keep"], log_days=options["log_days"])

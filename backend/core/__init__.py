@@ -1,0 +1,1 @@
+"""The core: settings, the preprocessing stem, request budgets, the model store and LiteRT inference. No Flask, no TensorFlow."""

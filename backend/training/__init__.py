@@ -1,0 +1,1 @@
+"""Training: the CNN, fitting and export, evaluation, the retraining pipeline and the job runner. The only TensorFlow importer."""
