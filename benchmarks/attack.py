@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             cut_status, cut_seconds = long_batch(url)
     print(f"{args.hostile} hostile clients for {args.seconds:.0f} s against {url} (2 workers)")
     print(
-        f"hostile: {sum(hostile.statuses.values())} requests, statuses {dict(sorted(hostile.statuses.items(), key=str))}, "
+        f"hostile: {sum(hostile.statuses.values())} requests, "
+        f"statuses {dict(sorted(hostile.statuses.items(), key=str))}, "
         f"slowest {max(hostile.latencies, default=0):.2f} s, problems {len(hostile.failures)}"
     )
     print(

@@ -96,7 +96,7 @@ def run(
     shutil.rmtree(work, ignore_errors=True)
 
     lags = []
-    for k, (_, at, old, new) in enumerate(switches):
+    for k, (_, at, old, _new) in enumerate(switches):
         until = switches[k + 1][0] if k + 1 < len(switches) else float("inf")  # before the next switch was asked for
         # Requests sent after this activation and answered before the next one must carry the new version.
         stale = [s.sent - at for s in samples if at <= s.sent and s.received < until and s.version == old]

@@ -11,8 +11,9 @@ Per run: req/s; mean, p50, p99 and max latency (with N clients that each wait fo
 mean is about N / req/s however they are served: a p50 far below it means some clients wait while
 others are answered); requests slower than 1 s; timeouts (wrk --timeout, 2 s) and other errors; how
 the workers shared the CPU (lopsided: connections piled onto one worker); the 1-minute load average
-when the run started (neighbours on a shared machine move the figures). The bar: with many clients p99 <= 250 ms, no request over 1 s, no timeouts or errors, and
-req/s at least 0.9 of the few-client figure. `--gunicorn-args` tries other settings, e.g.
+when the run started (neighbours on a shared machine move the figures). The bar: with many
+clients p99 <= 250 ms, no request over 1 s, no timeouts or errors, and req/s at least 0.9 of the
+few-client figure. `--gunicorn-args` tries other settings, e.g.
 "--keep-alive 0" or "--worker-class gevent".
 """
 
@@ -69,10 +70,11 @@ done = function(summary, latency, requests)
     -- latencies past the timeout are not recorded: they count as timeouts instead
     slow = math.floor((1 - low / 100) * (summary.requests - errors.timeout) + 0.5)
   end
-  io.write(string.format("saturation-result requests=%%d duration_us=%%d mean_us=%%d p50_us=%%d p99_us=%%d max_us=%%d slow=%%d " ..
-                         "connect=%%d read=%%d write=%%d status=%%d timeout=%%d\\n",
-                         summary.requests, summary.duration, latency.mean, latency:percentile(50), latency:percentile(99), latency.max,
-                         slow, errors.connect, errors.read, errors.write, errors.status, errors.timeout))
+  io.write(string.format("saturation-result requests=%%d duration_us=%%d mean_us=%%d p50_us=%%d " ..
+                         "p99_us=%%d max_us=%%d slow=%%d connect=%%d read=%%d write=%%d status=%%d timeout=%%d\\n",
+                         summary.requests, summary.duration, latency.mean, latency:percentile(50),
+                         latency:percentile(99), latency.max, slow, errors.connect, errors.read, errors.write,
+                         errors.status, errors.timeout))
 end
 """
 
@@ -96,12 +98,16 @@ class Run:
     def line(self) -> str:
         """Format the run as one table row."""
         return (
-            f"{self.clients:7d} {self.rate:7.0f} {self.mean_ms:7.1f} {self.p50_ms:7.1f} {self.p99_ms:7.1f} {self.max_ms:8.1f} "
+            f"{self.clients:7d} {self.rate:7.0f} {self.mean_ms:7.1f} {self.p50_ms:7.1f} {self.p99_ms:7.1f} "
+            f"{self.max_ms:8.1f} "
             f"{self.slow:6d} {self.timeouts:8d} {self.errors:6d}  {self.cpu_split:>7s}  {self.load:4.1f}"
         )
 
 
-HEADER = f"{'clients':>7s} {'req/s':>7s} {'mean ms':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>8s} {'>1 s':>6s} {'timeouts':>8s} {'errors':>6s}  {'split':>7s}  load"
+HEADER = (
+    f"{'clients':>7s} {'req/s':>7s} {'mean ms':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>8s} {'>1 s':>6s} "
+    f"{'timeouts':>8s} {'errors':>6s}  {'split':>7s}  load"
+)
 
 
 def write_load(folder: Path) -> tuple[Path, list[Path]]:

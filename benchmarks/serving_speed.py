@@ -149,7 +149,7 @@ DEFAULT_CLIENT = "wrk" if shutil.which("wrk") else "locust"
 
 @dataclass
 class LoadRun:
-    """One app's measured load run: rate, outcomes, the CPU each worker spent on it and the workers' context switches."""
+    """One app's measured load run: rate, outcomes, each worker's CPU on it and the workers' context switches."""
 
     rate: float
     ok: int
@@ -255,15 +255,18 @@ def main(argv: list[str] | None = None) -> int:
     for number, (ceiling, predict, *floor) in enumerate(rounds, start=1):
         print(
             f"round {number}: bare ceiling {ceiling.rate:7.1f} req/s ({ceiling.ok} ok, {ceiling.failed} failed), "
-            f"{ceiling.cpu_ms_per_request:.2f} ms worker CPU and {ceiling.switches_per_request:.1f} context switches/request, "
+            f"{ceiling.cpu_ms_per_request:.2f} ms worker CPU and "
+            f"{ceiling.switches_per_request:.1f} context switches/request, "
             f"split {_split(ceiling)}; /predict {predict.rate:7.1f} req/s ({predict.ok} ok, {predict.failed} failed), "
-            f"{predict.cpu_ms_per_request:.2f} ms, {predict.switches_per_request:.1f} switches, split {_split(predict)}; "
+            f"{predict.cpu_ms_per_request:.2f} ms, {predict.switches_per_request:.1f} switches, "
+            f"split {_split(predict)}; "
             f"ratio {predict.rate / ceiling.rate:.2f}"
         )
         for name, run in zip(FLOORS, floor):
             print(
                 f"         {name} {run.rate:7.1f} req/s ({run.ok} ok, {run.failed} failed), "
-                f"{run.cpu_ms_per_request:.2f} ms, {run.switches_per_request:.1f} switches; ratio {run.rate / ceiling.rate:.2f}"
+                f"{run.cpu_ms_per_request:.2f} ms, {run.switches_per_request:.1f} switches; "
+                f"ratio {run.rate / ceiling.rate:.2f}"
             )
     ratios = [predict.rate / ceiling.rate for ceiling, predict, *_ in rounds]
     cpu_ratios = [ceiling.cpu_ms_per_request / predict.cpu_ms_per_request for ceiling, predict, *_ in rounds]
@@ -272,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         floor_ratio = statistics.median(runs[2 + index].rate / runs[0].rate for runs in rounds)
         print(f"{name + ' ratio, median':33s}: {floor_ratio:8.2f}   ({bound})")
     print(
-        f"worker CPU per request, bare / /predict: {statistics.median(cpu_ratios):8.2f}   (median; the ratio if both kept the cores busy)"
+        f"worker CPU per request, bare / /predict: {statistics.median(cpu_ratios):8.2f}   "
+        "(median; the ratio if both kept the cores busy)"
     )
     print(
         f"single-client latency            : median {statistics.median(times):.2f} ms, "
@@ -280,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"peak RSS per worker              : {', '.join(f'{r:.0f} MB' for r in rss)}   (bar: <= 150 MB)")
     print(
-        f"reload check per request         : {reload_check_microseconds(args.model_dir):.1f} us (one os.stat of models/ACTIVE)"
+        f"reload check per request         : {reload_check_microseconds(args.model_dir):.1f} us "
+        "(one os.stat of models/ACTIVE)"
     )
     return 0
 

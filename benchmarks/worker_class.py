@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print(
-        f"\nsingle-image /predict latency on a 1-worker server, alone / while another client posts {BATCH_SIZE}-image batches"
+        "\nsingle-image /predict latency on a 1-worker server, alone / "
+        f"while another client posts {BATCH_SIZE}-image batches"
     )
     for name, env in WORKER_CLASSES.items():
         alone, beside = latency_beside_batches({**base, **env}, body, batch, args.latency_requests)

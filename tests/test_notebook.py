@@ -52,7 +52,8 @@ def test_committed_notebook_shows_a_full_run() -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     printed = "".join(o.get("text", "") for o in code_outputs(notebook) if o.get("output_type") == "stream")
     assert "mode: full" in printed, (
-        "commit the notebook with a full run's outputs: jupyter nbconvert --to notebook --execute --inplace notebook/mnist.ipynb"
+        "commit the notebook with a full run's outputs: "
+        "jupyter nbconvert --to notebook --execute --inplace notebook/mnist.ipynb"
     )
     assert "project CNN, augmented (shipped)" in printed
     assert figure_count(notebook) >= MIN_FIGURES

@@ -304,7 +304,7 @@ def _is_frame(frame: np.ndarray, runs_h: np.ndarray, runs_v: np.ndarray, mask: n
 
 
 def _thick(mask: np.ndarray, limit: int, vertical: bool) -> np.ndarray:
-    """Keep the ink that runs at least `limit` pixels down the columns (vertical) or along the rows: too thick for a line across."""
+    """Keep ink at least `limit` pixels thick down the columns (vertical) or along the rows: too thick for a line."""
     size = (1, limit) if vertical else (limit, 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, size)
     return cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
@@ -327,7 +327,7 @@ def _meets_at_both_ends(other: np.ndarray, left: int, top: int, w: int, h: int, 
 
 
 def _erase_in_zone(ink: np.ndarray, zone: np.ndarray, along_rows: bool) -> np.ndarray:
-    """Zero the ink inside a line's zone unless it belongs to a stroke that leaves the zone: crossing strokes stay whole.
+    """Zero the ink inside a line's zone unless it belongs to a stroke that leaves the zone: crossing strokes stay.
 
     Ink is followed across the line (down each column for a horizontal line): a run of ink that
     stays inside the zone is the line, a run that goes on beyond it is a stroke crossing or touching it.

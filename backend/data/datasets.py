@@ -90,7 +90,8 @@ def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[
             budget[0] += len(chunk)
             if budget[0] > limits.max_total_bytes:
                 raise DatasetRejectedError(
-                    f"The ZIP unpacks to more than {limits.max_total_bytes // (1 << 20)} MB: send fewer or smaller images.",
+                    f"The ZIP unpacks to more than {limits.max_total_bytes // (1 << 20)} MB: "
+                    "send fewer or smaller images.",
                     413,
                 )
             if size > RATIO_CHECK_AFTER_BYTES and size > limits.max_ratio * max(info.compress_size, 1):

@@ -1,1 +1,4 @@
-"""Training: the CNN, fitting and export, evaluation, the retraining pipeline and the job runner. The only TensorFlow importer."""
+"""Training: the CNN, fitting and export, evaluation, the retraining pipeline and the job runner.
+
+The only package that imports TensorFlow.
+"""

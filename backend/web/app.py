@@ -36,7 +36,8 @@ API_VERSION = "1.0"
 log = logging.getLogger(__name__)
 
 HINTS = {
-    400: "The request body cannot be parsed: send well-formed JSON (a flat object) or multipart/form-data, as /docs shows.",
+    400: "The request body cannot be parsed: send well-formed JSON (a flat object) or multipart/form-data, "
+    "as /docs shows.",
     404: "No such endpoint: {method} {path}. The API is described at /docs and /openapi.json.",
     405: "{method} is not allowed on {path}: use {allowed}.",
     413: "The upload is over the {limit} MB limit (MAX_UPLOAD_MB): send a smaller file.",
@@ -50,7 +51,7 @@ DEEP_JSON = "The JSON body is nested too deeply to read: send a flat JSON object
 
 
 class BoundedJSONProvider(DefaultJSONProvider):
-    """Flask's JSON provider, except that a body nested too deeply to parse is bad JSON (a 400), not a RecursionError."""
+    """Flask's JSON provider, except that a body nested too deep to parse is bad JSON (400), not a RecursionError."""
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         """Parse JSON; too deep a nesting raises ValueError, which request.get_json answers as bad JSON."""
@@ -194,7 +195,7 @@ def _flatten(detail: dict) -> str:
 
 
 def _local_swagger_ui() -> dict[str, str]:
-    """Serve Swagger UI 5 (reads OpenAPI 3.1) from the installed flask-swagger-ui's dist folder, so /docs works offline."""
+    """Serve Swagger UI 5 (it reads OpenAPI 3.1) from the installed flask-swagger-ui, so /docs works offline."""
     return {
         "SWAGGER_UI_CSS": "/docs/assets/swagger-ui.css",
         "SWAGGER_UI_BUNDLE_JS": "/docs/assets/swagger-ui-bundle.js",
