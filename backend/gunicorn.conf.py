@@ -1,15 +1,12 @@
 """Gunicorn settings for the Digit Lab API: `gunicorn -c backend/gunicorn.conf.py backend.wsgi:app`.
 
-Workers: one process per core (2 here). A prediction is ~1-2 ms of CPU in the stem and the LiteRT
-interpreter, so more processes than cores only add memory and context switches. Each worker runs
-a few threads (gthread) so a slow upload or an idle keep-alive connection does not hold a core,
-and a single image is answered while a long batch or ZIP upload runs on the same worker. gevent
-serves plain /predict ~7% faster but makes that single image wait ~10x longer behind a batch
-(benchmarks/worker_class.py). The worker class is gthread that accepts only with a thread free,
-so kept-alive clients spread over both workers, and that closes connections while a new one waits
-to get in, so with more clients than threads they take turns (backend/gunicorn_worker.py).
-Training never runs here: it is a separate process, so the timeout only guards against a stuck
-request; each request's own budget is enforced in the code (backend/budget.py).
+One process per core: a prediction is CPU-bound, so more processes only add memory. A few threads
+per worker, so a slow upload or an idle keep-alive connection does not hold a core, and a single
+image is answered while a long batch runs on the same worker (gevent cannot interrupt that batch).
+The worker class (backend/web/gunicorn_worker.py) spreads kept-alive clients over the workers and
+lets them take turns when there are more clients than threads. Training runs in its own process,
+and each request's budget is enforced in the code (backend/core/budget.py), so the timeout only
+guards against a stuck request. Why, with the figures: docs/serving.md, docs/serving-saturation.md.
 Override anything with GUNICORN_CMD_ARGS or the command line, e.g. --bind 0.0.0.0:8000.
 """
 
@@ -48,10 +45,9 @@ def on_starting(server) -> None:
         stale.unlink()
 
 
-# glibc raises its mmap threshold to the largest block freed so far, so after one 12 MP image each
-# thread's arena keeps tens of MB that are never returned (workers grew past 400 MB under
-# benchmarks/attack.py). A fixed threshold sends Pillow's 16 MB image blocks to mmap, freed at
-# once, while the stem's arrays (under 8 MB) stay on the faster heap.
+# glibc raises its mmap threshold to the largest block freed so far, so after one large image each
+# thread's arena would keep tens of MB for good. A fixed threshold sends Pillow's big image blocks
+# to mmap, returned at once, while the stem's arrays (under 8 MB) stay on the faster heap.
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 8 << 20
 

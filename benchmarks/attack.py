@@ -28,7 +28,7 @@ import requests
 from PIL import Image, ImageDraw
 
 from backend.core.config import Settings
-from benchmarks import servers
+from tests.support import servers
 
 HOSTILE = 8
 HOSTILE_TIMEOUT = 10.0  # seconds: a hostile request not answered by then counts as a failure

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 from backend.core.store import ModelStore
-from benchmarks.servers import gunicorn
+from tests.support.servers import gunicorn
 
 TOKEN = "reload-token"
 

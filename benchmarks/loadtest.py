@@ -10,6 +10,7 @@ locustfile.py, and writes reports/loadtest-<timestamp>/:
   locust_steps.csv               exact per-step figures (step scenario)
   locust_phases.csv              exact /predict figures before, during and after the job (retrain scenarios)
   loadtest.png                   requests/s, p50/p95/p99 and users over time, model swaps marked
+                                 (drawn by benchmarks/loadtest_plot.py)
   summary.json                   the headline figures printed at the end
 Scenarios: mixed (Predict+Batch+Dashboard), predict, step (StepLoadShape, to find the knee),
 retrain and upload (PredictUser + DashboardUser + AdminUser: serving during a retrain and swap).
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import ipaddress
 import json
 import math
@@ -39,9 +39,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from benchmarks import servers
+from backend.core.config import REPO_ROOT
+from benchmarks.loadtest_plot import plot
+from benchmarks.locustkit.gate import DEFAULT_MAX_FAIL_RATIO, DEFAULT_MAX_P95_MS
+from benchmarks.locustkit.records import (
+    FINAL_JSON,
+    JOBS_CSV,
+    PHASES_CSV,
+    PREDICT_PREFIX,
+    STEPS_CSV,
+    VERSIONS_CSV,
+    history_start,
+    number,
+    read_csv,
+    run_file,
+)
+from tests.support import servers
 
-REPO_ROOT = servers.REPO_ROOT
 LOCUSTFILE = REPO_ROOT / "locustfile.py"
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_subset.npz"  # the Makefile's MNIST_PATH default
 CSV_NAME = "locust"  # Locust's --csv prefix inside the report folder
@@ -52,7 +66,6 @@ SCENARIOS: dict[str, list[str]] = {
     "retrain": ["PredictUser", "DashboardUser", "AdminUser"],
     "upload": ["PredictUser", "DashboardUser", "AdminUser"],
 }
-TERMINAL_JOB_STATES = ("succeeded", "rejected", "failed", "cancelled")
 KNEE_EFFICIENCY = 0.5  # past the knee, req/s grows by less than half as much as the user count
 
 
@@ -207,22 +220,6 @@ def run_locust(command: list[str], env: dict[str, str], out: Path, limit: float)
 # Reading the results
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Read a CSV file as dicts ([] when it does not exist)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def number(text: Any) -> float:
-    """Parse a CSV cell as float; "N/A" and blanks become NaN."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def find_knee(steps: list[dict[str, Any]]) -> int | None:
     """Return the index of the knee step: the last one before req/s stops growing with users."""
     if not steps:
@@ -236,20 +233,15 @@ def find_knee(steps: list[dict[str, Any]]) -> int | None:
     return len(steps) - 1
 
 
-def history_start(out: Path) -> float:
-    """Return the epoch second of the first stats-history row: time zero of the plot and summary."""
-    rows = read_csv(out / f"{CSV_NAME}_stats_history.csv")
-    return number(rows[0]["Timestamp"]) if rows else math.nan
-
-
 def summarise(out: Path) -> dict[str, Any]:
     """Collect the headline figures of a finished run from its CSV files; times are seconds since start."""
-    started = history_start(out)
-    final_path = out / f"{CSV_NAME}_final.json"
+    prefix = out / CSV_NAME
+    started = history_start(prefix)
+    final_path = run_file(prefix, FINAL_JSON)
     final = json.loads(final_path.read_text()) if final_path.is_file() else {}
     total = final.get("Aggregated", {})
     endpoints = {row["name"]: row for key, row in final.items() if key != "Aggregated"}
-    predict = [row for name, row in endpoints.items() if name.startswith("/predict [")]
+    predict = [row for name, row in endpoints.items() if name.startswith(PREDICT_PREFIX)]
     summary: dict[str, Any] = {
         "report": str(out),
         **{
@@ -260,7 +252,7 @@ def summarise(out: Path) -> dict[str, Any]:
         "predict_failures": sum(row["failures"] for row in predict),
         "endpoints": endpoints,
     }
-    versions = read_csv(out / f"{CSV_NAME}_model_versions.csv")
+    versions = read_csv(run_file(prefix, VERSIONS_CSV))
     summary["model_versions"] = [
         {
             "version": row["version"],
@@ -273,11 +265,11 @@ def summarise(out: Path) -> dict[str, Any]:
     summary["swaps"] = [row["version"] for row in versions[1:]]
     summary["job"] = [
         {"t_s": round(number(row["timestamp"]) - started, 1), "status": row["status"], "detail": row["detail"]}
-        for row in read_csv(out / f"{CSV_NAME}_jobs.csv")
+        for row in read_csv(run_file(prefix, JOBS_CSV))
     ]
     steps = [
         {key: (number(value) if key != "step" else int(value)) for key, value in row.items()}
-        for row in read_csv(out / f"{CSV_NAME}_steps.csv")
+        for row in read_csv(run_file(prefix, STEPS_CSV))
     ]
     if steps:
         knee = find_knee(steps)
@@ -286,127 +278,11 @@ def summarise(out: Path) -> dict[str, Any]:
         summary["knee_reached"] = knee is not None and knee < len(steps) - 1
     phases = [
         {key: (value if key == "phase" else number(value)) for key, value in row.items()}
-        for row in read_csv(out / f"{CSV_NAME}_phases.csv")
+        for row in read_csv(run_file(prefix, PHASES_CSV))
     ]
     if phases:
         summary["phases"] = phases
     return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# The plot
-
-
-def plot(out: Path, title: str) -> Path:
-    """Draw requests/s, p50/p95/p99 and users over time, with model swaps and the job marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [row for row in read_csv(out / f"{CSV_NAME}_stats_history.csv") if row["Name"] == "Aggregated"]
-    if not rows:
-        raise RuntimeError(f"no Aggregated rows in {out / f'{CSV_NAME}_stats_history.csv'}: did Locust run?")
-    t0 = history_start(out)
-    t = [number(row["Timestamp"]) - t0 for row in rows]
-    fig, (ax_rps, ax_lat, ax_users) = plt.subplots(
-        3, 1, figsize=(13, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.6]}
-    )
-    # Per-second rates from the cumulative counts: Locust's own Requests/s column lags by seconds,
-    # which would smear a dip at the swap.
-    ax_rps.plot(
-        t[1:], per_second(t, [number(r["Total Request Count"]) for r in rows]), color="tab:blue", label="requests/s"
-    )
-    ax_rps.plot(
-        t[1:], per_second(t, [number(r["Total Failure Count"]) for r in rows]), color="tab:red", label="failures/s"
-    )
-    ax_rps.set_ylabel("requests/s")
-    latencies = {}
-    for key, colour in (("50%", "tab:green"), ("95%", "tab:orange"), ("99%", "tab:red")):
-        latencies[key] = [number(r[key]) or math.nan for r in rows]  # 0 means "no requests yet": a gap
-        ax_lat.plot(t, latencies[key], color=colour, label=f"p{key[:-1]}")
-    ax_lat.set_ylabel("latency, ms (last 10 s)")
-    low, high = min(latencies["50%"], key=_nan_high), max(latencies["99%"], key=_nan_low)
-    if low > 0 and high / low > 30:  # a log axis only when p99 dwarfs p50, else the p50 line is flat on the floor
-        ax_lat.set_yscale("log")
-        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-        ax_lat.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax_lat.yaxis.set_major_formatter(plain)
-        ax_lat.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    else:
-        ax_lat.set_ylim(bottom=0)
-    ax_users.step(t, [number(r["User Count"]) for r in rows], where="post", color="tab:purple", label="users")
-    ax_users.set_ylabel("users")
-    ax_users.set_xlabel("seconds since start")
-
-    _mark_job(out, t0, (ax_rps, ax_lat, ax_users))
-    _mark_swaps(out, t0, (ax_rps, ax_lat, ax_users))
-    for axis in (ax_rps, ax_lat, ax_users):
-        axis.grid(True, alpha=0.3)
-        axis.legend(
-            loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0
-        )  # outside: never hides data
-    ax_rps.set_ylim(bottom=0)
-    ax_users.set_ylim(bottom=0)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = out / "loadtest.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def per_second(t: list[float], cumulative: list[float]) -> list[float]:
-    """Turn cumulative counts sampled at times t into a rate per second between samples."""
-    return [
-        (c1 - c0) / (t1 - t0) if t1 > t0 else math.nan for t0, t1, c0, c1 in zip(t, t[1:], cumulative, cumulative[1:])
-    ]
-
-
-def _nan_high(value: float) -> float:
-    """Sort key that puts NaN above everything (for min)."""
-    return math.inf if math.isnan(value) else value
-
-
-def _nan_low(value: float) -> float:
-    """Sort key that puts NaN below everything (for max)."""
-    return -math.inf if math.isnan(value) else value
-
-
-def _mark_job(out: Path, t0: float, axes: tuple) -> None:
-    """Shade the time the AdminUser's job was queued or running."""
-    events = read_csv(out / f"{CSV_NAME}_jobs.csv")
-    if not events:
-        return
-    start = number(events[0]["timestamp"]) - t0
-    ended = [
-        (number(e["timestamp"]) - t0, e["status"]) for e in events if e["status"].split()[0] in TERMINAL_JOB_STATES
-    ]
-    end, final = ended[0] if ended else (axes[0].get_xlim()[1], events[-1]["status"])
-    for i, axis in enumerate(axes):
-        axis.axvspan(start, end, color="tab:orange", alpha=0.12, label=f"training job ({final})" if i == 0 else None)
-
-
-def _mark_swaps(out: Path, t0: float, axes: tuple) -> None:
-    """Draw a line where each new model version was first served, shading overlap with the old one."""
-    versions = read_csv(out / f"{CSV_NAME}_model_versions.csv")
-    for before, after in zip(versions, versions[1:]):
-        swap = number(after["first_seen"]) - t0
-        overlap_end = number(before["last_seen"]) - t0
-        for i, axis in enumerate(axes):
-            axis.axvline(
-                swap,
-                color="black",
-                linestyle="--",
-                linewidth=1.2,
-                label=f"model swap to\n{after['version']}" if i == 0 else None,
-            )
-            if i == 0:
-                axis.annotate(" swap", (swap, 1.0), xycoords=("data", "axes fraction"), va="top", fontsize=9)
-            if overlap_end > swap:
-                axis.axvspan(
-                    swap, overlap_end, color="grey", alpha=0.25, label="old and new both served" if i == 0 else None
-                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,10 +328,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--after-job",
         type=float,
         default=10,
-        help="retrain scenarios: end the run this many seconds after the job ends; --run-time stays the limit [%(default)s]",
+        help="retrain scenarios: end the run this many seconds after the job ends (--run-time stays the limit) "
+        "[%(default)s]",
     )
-    add("--max-fail-ratio", type=float, help="exit 1 above this failure ratio [0.01]")
-    add("--max-p95-ms", type=float, help="exit 1 above this aggregated p95, 0 disables [1000; off for step]")
+    add("--max-fail-ratio", type=float, help=f"exit 1 above this failure ratio [{DEFAULT_MAX_FAIL_RATIO}]")
+    add(
+        "--max-p95-ms",
+        type=float,
+        help=f"exit 1 above this aggregated p95, 0 disables [{DEFAULT_MAX_P95_MS:.0f}; off for step]",
+    )
     add("--model-dir", type=Path, help="MODEL_DIR of a backend this script starts [$MODEL_DIR or models/]")
     add(
         "--data-dir",
@@ -503,9 +384,15 @@ def run(args: argparse.Namespace) -> tuple[int, Path, dict[str, Any]]:
         if args.scenario == "step"
         else f"{args.users} users"
     )
-    summary["plot"] = str(plot(out, f"{title}  ({datetime.fromtimestamp(started):%Y-%m-%d %H:%M})"))
+    title += f"  ({datetime.fromtimestamp(started):%Y-%m-%d %H:%M})"
+    summary["plot"] = str(plot(out / CSV_NAME, title, out / "loadtest.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return code, out, summary
+
+
+def _latencies(row: dict[str, Any]) -> str:
+    """Format a row's p50/p95/p99 as "p50 a / p95 b / p99 c ms"."""
+    return f"p50 {row['p50_ms']:.0f} / p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms"
 
 
 def describe(summary: dict[str, Any]) -> str:
@@ -521,13 +408,13 @@ def describe(summary: dict[str, Any]) -> str:
     for row in summary.get("steps", []):
         mark = "  <- knee" if row is summary.get("knee") and summary["knee_reached"] else ""
         lines.append(
-            f"  step {row['step']}: {row['users']:.0f} users, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
-            f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures{mark}"
+            f"  step {row['step']}: {row['users']:.0f} users, {row['requests_per_s']:.1f} req/s, "
+            f"{_latencies(row)}, {row['failures']:.0f} failures{mark}"
         )
     for row in summary.get("phases", []):
         lines.append(
-            f"  /predict {row['phase']}: {row['seconds']:.0f} s, {row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} / "
-            f"p95 {row['p95_ms']:.0f} / p99 {row['p99_ms']:.0f} ms, {row['failures']:.0f} failures of {row['requests']:.0f}"
+            f"  /predict {row['phase']}: {row['seconds']:.0f} s, {row['requests_per_s']:.1f} req/s, "
+            f"{_latencies(row)}, {row['failures']:.0f} failures of {row['requests']:.0f}"
         )
     for event in summary["job"]:
         lines.append(f"  job at {event['t_s']:.1f} s: {event['status']} {event['detail'][:160]}")

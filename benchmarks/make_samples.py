@@ -28,7 +28,7 @@ def pick_digits(labels: np.ndarray, count: int, rng: np.random.Generator, first:
 
 def generate(folder: Path = SAMPLES_DIR, per_style: int = PER_STYLE, seed: int = SEED) -> list[Path]:
     """Render the sample set into `folder` (replacing earlier samples) and return the files written."""
-    from backend import styles
+    from backend.data import renderings
     from backend.data.mnist import load_mnist
 
     mnist = load_mnist()
@@ -40,7 +40,7 @@ def generate(folder: Path = SAMPLES_DIR, per_style: int = PER_STYLE, seed: int =
     for offset, style in enumerate(SAMPLE_STYLES):
         # shifting the first digit per style keeps the whole set balanced (6 of each digit)
         for k, index in enumerate(pick_digits(mnist.y_test, per_style, rng, first=2 * offset)):
-            data = styles.STYLES[style](mnist.x_test[index], rng)
+            data = renderings.STYLES[style](mnist.x_test[index], rng)
             suffix = "jpg" if data[:2] == b"\xff\xd8" else "png"
             path = folder / f"{style}-{k:02d}-d{int(mnist.y_test[index])}.{suffix}"
             path.write_bytes(data)

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.make_samples import load_samples
-from benchmarks.servers import cpu_seconds, gunicorn, worker_pids
 from benchmarks.serving_speed import BOUNDARY, multipart
+from tests.support.servers import cpu_seconds, gunicorn, worker_pids
 
 SLOW_SECONDS = 1.0
 WRK_TIMEOUT_SECONDS = 2

@@ -39,7 +39,7 @@ from backend.core.inference import ActiveModel
 from backend.core.store import ModelStore
 from backend.data.mnist import load_mnist
 from backend.data.renderings import canvas_dark, mnist_png
-from benchmarks.servers import (
+from tests.support.servers import (
     context_switches,
     cpu_seconds,
     gunicorn,

@@ -22,7 +22,6 @@ import requests
 
 from backend.data.mnist import load_mnist
 from backend.data.renderings import mnist_png
-from benchmarks.servers import gunicorn
 from benchmarks.serving_speed import (
     DEFAULT_CLIENT,
     LOADS,
@@ -31,6 +30,7 @@ from benchmarks.serving_speed import (
     measure,
     multipart,
 )
+from tests.support.servers import gunicorn
 
 BATCH_SIZE = 100
 WORKER_CLASSES = {

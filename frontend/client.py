@@ -2,7 +2,8 @@
 
 It never imports `backend`. Every failure becomes a `BackendError` carrying a message a person can
 read: the API's own JSON `{"error": ...}` text for 4xx/5xx answers, or a plain sentence when the
-backend cannot be reached at all.
+backend cannot be reached at all. What the dashboard must agree on with the backend (job and review
+states, epoch limits and defaults) it reads from the backend's OpenAPI document (`ApiFacts`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class BackendError(Exception):
 
     @property
     def not_found(self) -> bool:
-        """Tell whether the backend answered 404 (an endpoint or object that does not exist)."""
+        """Tell whether the backend answered 404 (the object asked for does not exist)."""
         return self.status == 404
 
 
@@ -69,6 +70,50 @@ def local_admin_token() -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+@dataclass(frozen=True)
+class ApiFacts:
+    """Facts the backend defines once and publishes in /openapi.json (its schemas' enums, limits and x- fields)."""
+
+    job_statuses: tuple[str, ...]
+    unfinished_jobs: tuple[str, ...]  # the states in which a job still changes
+    start_points: tuple[str, ...]  # where a retrain may start from
+    default_start: str
+    default_epochs: dict[str, int]  # per start point, when a retrain does not say
+    upload_epochs: int  # when an upload does not say
+    max_epochs: int
+    review_statuses: tuple[str, ...]  # feedback review states
+    unreviewed: str  # the state new feedback starts in
+
+    @classmethod
+    def from_openapi(cls, spec: dict[str, Any]) -> ApiFacts:
+        """Read the facts from an OpenAPI document; a missing one is a BackendError naming it."""
+        schemas = spec.get("components", {}).get("schemas", {})
+
+        def prop(schema: str, name: str) -> dict[str, Any]:
+            """One property of one component schema."""
+            try:
+                return schemas[schema]["properties"][name]
+            except (KeyError, TypeError):
+                raise BackendError(f"The backend's /openapi.json does not describe {schema}.{name}.") from None
+
+        status, start, epochs = prop("Job", "status"), prop("RetrainRequest", "from"), prop("RetrainRequest", "epochs")
+        upload, review = prop("ZipUpload", "epochs"), prop("FeedbackRecord", "status")
+        try:
+            return cls(
+                job_statuses=tuple(status["enum"]),
+                unfinished_jobs=tuple(status["x-unfinished"]),
+                start_points=tuple(start["enum"]),
+                default_start=start["default"],
+                default_epochs={key: int(value) for key, value in epochs["x-default-by-from"].items()},
+                upload_epochs=int(upload["default"]),
+                max_epochs=int(epochs["maximum"]),
+                review_statuses=tuple(review["enum"]),
+                unreviewed=review["x-initial"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"The backend's /openapi.json lacks a field the dashboard reads: {exc}.") from None
 
 
 @dataclass(frozen=True)
@@ -112,7 +157,8 @@ class BackendClient:
             ) from None
         except requests.RequestException as exc:
             raise BackendError(
-                f"Cannot reach the backend at {self.base_url} ({type(exc).__name__}). Is it running? Start it with `make backend`."
+                f"Cannot reach the backend at {self.base_url} ({type(exc).__name__}). "
+                "Is it running? Start it with `make backend`."
             ) from None
         if response.status_code >= 400:
             raise _error_from(response, method, path)
@@ -129,6 +175,10 @@ class BackendClient:
             ) from None
 
     # -- read-only ----------------------------------------------------------------------------
+
+    def facts(self) -> ApiFacts:
+        """GET /openapi.json: the states, limits and defaults the backend publishes."""
+        return ApiFacts.from_openapi(self._json("GET", "/openapi.json"))
 
     def health(self) -> dict[str, Any]:
         """GET /health; a 503 "no-model" answer is returned, not raised."""
@@ -196,15 +246,16 @@ class BackendClient:
         return self._json("POST", f"/models/{requests.utils.quote(version, safe='')}/activate", admin=True)
 
     def retrain(
-        self, epochs: int, start_from: str, include_uploads: bool = False, include_feedback: bool = False
+        self, epochs: int | None, start_from: str, include_uploads: bool = False, include_feedback: bool = False
     ) -> dict[str, Any]:
-        """POST /retrain (admin): queue a training job on MNIST (plus uploads/feedback if asked)."""
-        payload = {
-            "epochs": int(epochs),
+        """POST /retrain (admin): queue a job on MNIST (plus uploads/feedback if asked); epochs None: the default."""
+        payload: dict[str, Any] = {
             "from": start_from,
             "include_uploads": include_uploads,
             "include_feedback": include_feedback,
         }
+        if epochs is not None:
+            payload["epochs"] = int(epochs)
         return self._json("POST", "/retrain", admin=True, json=payload)
 
     def upload_and_retrain(self, archive: Upload, epochs: int | None = None) -> dict[str, Any]:
@@ -224,7 +275,7 @@ class BackendClient:
         return self._json("POST", f"/jobs/{requests.utils.quote(job_id, safe='')}/cancel", admin=True)
 
     def feedback_records(self, status: str | None = None, limit: int | None = None) -> dict[str, Any]:
-        """GET /feedback (admin): the oldest records (optionally of one review status), counts per status, storage used."""
+        """GET /feedback (admin): the oldest records (optionally of one review status), counts, storage used."""
         params = {key: value for key, value in (("status", status), ("limit", limit)) if value is not None}
         return self._json("GET", "/feedback", admin=True, params=params)
 

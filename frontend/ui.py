@@ -14,6 +14,7 @@ from PIL import Image
 
 from client import (
     TOKEN_HELP,
+    ApiFacts,
     BackendClient,
     BackendError,
     backend_url,
@@ -25,7 +26,7 @@ T = TypeVar("T")
 HEALTH_TTL = 2  # seconds: the sidebar shows a fresh status without a request per widget click
 LISTING_TTL = 5  # /model and /models change only when someone activates or trains a version
 VERSION_TTL = 600  # a published version's metadata never changes
-DIGITS = [str(d) for d in range(10)]
+DIGITS = [str(d) for d in range(10)]  # the classes every model answers, as the API's JSON keys them
 LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 TOKEN_KEY = "admin_token"  # where a typed token lives in this browser session's state
 
@@ -59,6 +60,12 @@ def token_help() -> str:
     if dashboard_is_local():
         return TOKEN_HELP
     return "Admin actions need the backend's admin token: type it into the 'Admin token' field in the sidebar."
+
+
+@st.cache_data(ttl=VERSION_TTL, show_spinner=False)
+def cached_facts(base_url: str) -> ApiFacts:
+    """The backend's states, limits and defaults from /openapi.json, fetched once per VERSION_TTL."""
+    return get_client(base_url).facts()
 
 
 @st.cache_data(ttl=HEALTH_TTL, show_spinner=False)

@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.datasets import png_bytes as png_bytes  # re-exported: tests import it from here
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_subset.npz"
 os.environ.setdefault("MNIST_PATH", str(SHARED_MNIST))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytest_plugins = ["tests.support.browser"]  # Chromium, gunicorn backend and page fixtures of the browser tests
 
 
 @pytest.fixture(scope="session")
@@ -65,17 +68,6 @@ def app(trained_store, tmp_path):
 def client(app):
     """A Flask test client for `app`."""
     return app.test_client()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """Encode a grey array as PNG."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(array, np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

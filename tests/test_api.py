@@ -269,6 +269,7 @@ def test_unknown_log_format_is_refused(tmp_path):
 # --- hot reload inside one worker -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_picks_up_a_new_active_version(client, trained_store, tiny_data, digit):
     from backend.training.train import TrainingConfig, train_and_publish
     from backend.web.observability import RELOADS

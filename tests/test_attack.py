@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from benchmarks import attack, servers
+import pytest
+
+from benchmarks import attack
 from conftest import REPO_ROOT
+from tests.support import servers
 
 ATTACK_SECONDS = 8
 
 
+@pytest.mark.slow
 def test_hostile_images_are_refused_cheaply_while_plain_predictions_go_on(tmp_path):
     env = {"DATA_DIR": str(tmp_path / "data"), "MODEL_DIR": str(REPO_ROOT / "models")}
     with servers.gunicorn(env=env) as (url, process):

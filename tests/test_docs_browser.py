@@ -1,35 +1,20 @@
 """/docs in headless Chromium: Swagger UI renders every endpoint of the OpenAPI 3.1 spec, offline, and "Try it out"
 on POST /predict with an uploaded digit returns a prediction.
 
-Reuses tests/test_browser.py's gunicorn backend and Chromium fixtures. Skipped only where Chromium is missing and
-CI is not set; under CI a missing Chromium fails the test.
+Uses the gunicorn backend and Chromium fixtures of tests/support/browser.py: skipped only where Chromium is missing
+and CI is not set; under CI=true a missing Chromium fails the test.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
-from test_browser import CHROMIUM, backend, browser, model_dir, page  # noqa: F401 (fixtures)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("CI"),
-        reason="Debian Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
-    ),
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def chromium_present() -> None:
-    """Under CI the browser tests must run: a missing Chromium is a failure, not a skip."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"CI is set but Chromium is missing at {CHROMIUM}: apt-get install -y chromium")
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("chromium")]
 
 
 def test_docs_lists_every_endpoint_and_try_it_out_predicts(page, backend, digit, tmp_path: Path):

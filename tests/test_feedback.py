@@ -251,6 +251,7 @@ def test_export_streams_and_lists_a_missing_file(fb_client, mnist, tmp_path):
         assert archive.namelist() == ["feedback.json"] and json.loads(archive.read("feedback.json")) == []
 
 
+@pytest.mark.slow
 def test_feedback_round_trip_into_retraining(job_client, mnist):
     ids = []
     for i in range(4):

@@ -2,44 +2,37 @@
 
 The backend is the real `create_app` on a private model store (two tiny versions), served by werkzeug
 on a free port in a thread; its training jobs use conftest's tiny MNIST file so they finish in seconds.
-Tests of endpoints the backend may not have yet skip with the reason when the endpoint answers 404.
+Every route the dashboard calls must exist: a lost route fails these tests. The page tests are `slow`;
+the structural ones (no backend import, the facts read from /openapi.json, the token lookup) are fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from backend.data.jobs import FAILED, STATUSES, UNFINISHED
 from conftest import png_bytes
+from tests.support.datasets import digits_zip
+from tests.support.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP = REPO_ROOT / "frontend" / "app.py"
 TOKEN = "frontend-test-token"
 RUN_TIMEOUT = 60  # seconds per AppTest run: the first run imports pandas, altair and matplotlib
 JOB_TIMEOUT = 240  # seconds for a tiny training job to finish
-TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+TERMINAL = tuple(status for status in STATUSES if status not in UNFINISHED)
 
 
 def serve(app: Any) -> tuple[str, Any]:
@@ -49,12 +42,6 @@ def serve(app: Any) -> tuple[str, Any]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_port}", server
-
-
-def endpoint_exists(url: str, method: str, path: str) -> bool:
-    """Tell whether the backend routes `path` at all (a 404 with 'No such endpoint' means it does not)."""
-    response = requests.request(method, url + path, timeout=10)
-    return not (response.status_code == 404 and "No such endpoint" in response.text)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +73,9 @@ def backend_url(frontend_store, tiny_mnist_path, tmp_path_factory) -> Iterator[s
     )
     url, server = serve(app)
     yield url
-    if endpoint_exists(url, "GET", "/jobs"):
-        for job in requests.get(f"{url}/jobs", timeout=10).json().get("jobs", []):
-            if job.get("status") in ("queued", "running"):
-                requests.post(
-                    f"{url}/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
-                )
+    for job in requests.get(f"{url}/jobs", timeout=10).json()["jobs"]:
+        if job["status"] in UNFINISHED:
+            requests.post(f"{url}/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     server.shutdown()
 
 
@@ -160,7 +144,7 @@ def backend_predict(url: str, data: bytes) -> dict[str, Any]:
 
 
 def wait_for_job_end(at: AppTest, timeout: float = JOB_TIMEOUT) -> list[str]:
-    """Rerun the page (as the auto-refreshing fragment does) until the job panel shows a final state; return headings seen."""
+    """Rerun the page (as its auto-refreshing fragment does) until the job shows a final state; return headings seen."""
     seen = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -174,18 +158,6 @@ def wait_for_job_end(at: AppTest, timeout: float = JOB_TIMEOUT) -> list[str]:
     pytest.fail(f"The job did not finish within {timeout} s; last headings: {seen[-3:]}")
 
 
-def digits_zip(mnist, count: int = 60) -> bytes:
-    """A ZIP of dark-on-light MNIST digits in folders 0-9, plus one file the backend must skip."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for i in range(count):
-            image = io.BytesIO()
-            Image.fromarray(255 - mnist.x_train[1000 + i]).save(image, "PNG")
-            archive.writestr(f"mine/{mnist.y_train[1000 + i]}/d{i}.png", image.getvalue())
-        archive.writestr("mine/notes.txt", "not an image")
-    return buffer.getvalue()
-
-
 def test_frontend_never_imports_backend():
     import ast
 
@@ -196,33 +168,53 @@ def test_frontend_never_imports_backend():
         assert not [m for m in modules if m.split(".")[0] == "backend"], f"{path} imports backend"
 
 
+def test_dashboard_reads_the_backends_states_limits_and_defaults_from_openapi(tmp_path):
+    from backend.data.feedback import PENDING
+    from backend.data.feedback import STATUSES as REVIEW_STATUSES
+    from backend.data.jobs import DEFAULT_EPOCHS, MAX_EPOCHS
+    from backend.web.app import create_app
+    from frontend.client import ApiFacts, BackendError
+
+    app = create_app({"MODEL_DIR": tmp_path / "models", "DATA_DIR": tmp_path / "data"})
+    spec = app.test_client().get("/openapi.json").json
+    facts = ApiFacts.from_openapi(spec)
+    assert facts.job_statuses == STATUSES and facts.unfinished_jobs == UNFINISHED
+    assert facts.max_epochs == MAX_EPOCHS and facts.upload_epochs == DEFAULT_EPOCHS["upload"]
+    assert facts.default_epochs == {start: DEFAULT_EPOCHS[start] for start in facts.start_points}
+    assert facts.default_start in facts.start_points
+    assert facts.review_statuses == REVIEW_STATUSES and facts.unreviewed == PENDING
+    del spec["components"]["schemas"]["Job"]["properties"]["status"]["x-unfinished"]
+    with pytest.raises(BackendError, match="x-unfinished"):
+        ApiFacts.from_openapi(spec)
+
+
 # -- every page: the status sidebar ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", ["predict", "retrain", "metrics", "models"])
-def test_sidebar_shows_backend_url_health_and_active_version(dashboard_env, frontend_store, page):
-    at = open_page(page)
+@pytest.mark.slow
+@pytest.mark.parametrize("view", ["predict", "retrain", "metrics", "models"])
+def test_sidebar_shows_backend_url_health_and_active_version(dashboard_env, frontend_store, view):
+    at = open_page(view)
     assert find_text(at.sidebar.caption, dashboard_env)
     assert find_text(at.sidebar.success, f"active version `{frontend_store.active_version()}`")
     assert find_text(at.sidebar.caption, "Admin token: found")
     assert at.main.title[0].value  # the page itself rendered
 
 
-@pytest.mark.parametrize("page", ["predict", "retrain", "metrics", "models"])
-def test_backend_down_is_said_plainly_on_every_page(monkeypatch, page):
+@pytest.mark.slow
+@pytest.mark.parametrize("view", ["predict", "retrain", "metrics", "models"])
+def test_backend_down_is_said_plainly_on_every_page(monkeypatch, view):
     import streamlit as st
 
     monkeypatch.setenv("BACKEND_URL", f"http://127.0.0.1:{free_port()}")
     st.cache_data.clear()
-    at = open_page(page)
+    at = open_page(view)
     assert find_text(at.sidebar.error, "Backend down: Cannot reach the backend")
     assert not at.exception
-    if page != "retrain":  # Retrain shows its forms first, then the jobs error below
-        assert find_text(at.main.error, "The backend is down")
-    else:
-        assert find_text(at.error, "The backend is down")
+    assert find_text(at.main.error, "The backend is down")
 
 
+@pytest.mark.slow
 def test_no_active_model_is_explained(tmp_path, monkeypatch):
     import streamlit as st
 
@@ -246,6 +238,7 @@ def test_no_active_model_is_explained(tmp_path, monkeypatch):
 # -- Predict ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_upload_shows_prediction_model_input_and_probabilities(dashboard_env, mnist):
     at = open_page("predict")
     assert find_text(at.main.info, "Upload one or more images")
@@ -267,6 +260,7 @@ def test_upload_shows_prediction_model_input_and_probabilities(dashboard_env, mn
     assert expected[0]["digit"] not in at.selectbox[0].options and len(at.selectbox[0].options) == 9
 
 
+@pytest.mark.slow
 def test_unreadable_upload_shows_the_backends_message(dashboard_env):
     at = open_page("predict")
     at.file_uploader[0].set_value(("broken.png", b"this is not an image", "image/png")).run()
@@ -279,9 +273,8 @@ def test_unreadable_upload_shows_the_backends_message(dashboard_env):
     assert answer.json()["error"] in error  # the API's own words, not a traceback
 
 
+@pytest.mark.slow
 def test_feedback_control_posts_the_right_digit(dashboard_env, mnist):
-    if not endpoint_exists(dashboard_env, "POST", "/feedback"):
-        pytest.skip("POST /feedback is not in this backend yet (answers 404)")
     at = open_page("predict")
     at.file_uploader[0].set_value(("digit.png", digit_png(mnist, 2), "image/png")).run()
     predicted = int(at.metric[0].value)
@@ -292,32 +285,21 @@ def test_feedback_control_posts_the_right_digit(dashboard_env, mnist):
     assert find_text(at.main.success, "Thanks: saved as feedback #")
 
 
-def test_saliency_overlay_or_a_plain_note(dashboard_env, mnist):
+@pytest.mark.slow
+def test_saliency_overlay_shows_and_toggles_off(dashboard_env, mnist):
     at = open_page("predict")
     at.file_uploader[0].set_value(("digit.png", digit_png(mnist, 3), "image/png")).run()
     assert not at.exception and not at.error, texts(at.error)
-    captions = image_captions(at)
-    if endpoint_exists(dashboard_env, "POST", "/explain"):
-        assert "Saliency: where the model looked" in captions
-    else:
-        assert find_text(at.caption, "not offered by this backend yet")
-        assert "Saliency: where the model looked" not in captions
+    assert "Saliency: where the model looked" in image_captions(at)
     at.toggle[0].set_value(False).run()
-    assert not find_text(at.caption, "Saliency heatmap")
+    assert "Saliency: where the model looked" not in image_captions(at)
 
 
 # -- Retrain ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def retrain_available(dashboard_env) -> str:
-    """Skip unless the backend has the training endpoints."""
-    if not endpoint_exists(dashboard_env, "POST", "/retrain"):
-        pytest.skip("POST /retrain is not in this backend yet (answers 404)")
-    return dashboard_env
-
-
-def test_retrain_job_shows_progress_then_the_verdict(retrain_available, frontend_store):
+@pytest.mark.slow
+def test_retrain_job_shows_progress_then_the_verdict(dashboard_env, frontend_store):
     at = open_page("retrain")
     active_before = frontend_store.active_version()
     at.number_input[0].set_value(2)
@@ -326,9 +308,9 @@ def test_retrain_job_shows_progress_then_the_verdict(retrain_available, frontend
     assert not at.exception and not at.error, texts(at.error)
 
     heading = next(text for text in texts(at.main.markdown) if text.startswith("#### Job"))
-    assert "**queued**" in heading or "**running**" in heading, heading
+    assert any(f"**{status}**" in heading for status in UNFINISHED), heading
     bar = progress_bars(at)[0]
-    assert 0 <= bar.value < 100 and ("queued" in bar.text or "running" in bar.text)
+    assert 0 <= bar.value < 100 and any(status in bar.text for status in UNFINISHED)
 
     # A second request while the job runs is refused with a readable 409.
     next(b for b in at.button if b.label == "Start retraining").click().run()
@@ -336,9 +318,9 @@ def test_retrain_job_shows_progress_then_the_verdict(retrain_available, frontend
     assert busy is not None or any(f"**{s}**" in t for t in texts(at.main.markdown) for s in TERMINAL)
 
     seen = wait_for_job_end(at)
-    assert any("**running**" in h or "**queued**" in h for h in seen)
+    assert any(f"**{status}**" in h for h in seen for status in UNFINISHED)
     final = next(text for text in texts(at.main.markdown) if text.startswith("#### Job"))
-    assert progress_bars(at)[0].value == 100 or "**failed**" in final
+    assert progress_bars(at)[0].value == 100 or f"**{FAILED}**" in final
     verdict = find_text(at.main.success, "Promoted:") or find_text(at.main.warning, "Rejected:")
     assert verdict, (final, texts(at.main.error))
     comparison = next(df.value for df in at.dataframe if "evaluated on" in df.value.columns)
@@ -351,9 +333,11 @@ def test_retrain_job_shows_progress_then_the_verdict(retrain_available, frontend
         frontend_store.activate(active_before)
 
 
-def test_zip_upload_shows_dataset_summary_and_holdout_comparison(retrain_available, mnist):
+@pytest.mark.slow
+def test_zip_upload_shows_dataset_summary_and_holdout_comparison(dashboard_env, mnist):
+    upload = digits_zip(mnist.x_train[1000:1060], mnist.y_train[1000:1060], folder="mine", stray="notes.txt")
     at = open_page("retrain")
-    at.file_uploader[0].set_value(("mine.zip", digits_zip(mnist), "application/zip"))
+    at.file_uploader[0].set_value(("mine.zip", upload, "application/zip"))
     at.number_input[1].set_value(1)
     next(b for b in at.button if b.label == "Upload and retrain").click().run()
     assert not at.exception and not at.error, texts(at.error)
@@ -370,7 +354,8 @@ def test_zip_upload_shows_dataset_summary_and_holdout_comparison(retrain_availab
     assert holdout["examples"] > 0 and holdout["candidate"] is not None
 
 
-def test_bad_zip_gives_a_readable_error(retrain_available):
+@pytest.mark.slow
+def test_bad_zip_gives_a_readable_error(dashboard_env):
     at = open_page("retrain")
     at.file_uploader[0].set_value(("broken.zip", b"not a zip at all", "application/zip"))
     next(b for b in at.button if b.label == "Upload and retrain").click().run()
@@ -378,7 +363,8 @@ def test_bad_zip_gives_a_readable_error(retrain_available):
     assert find_text(at.main.error, "The backend refused this (HTTP 4"), texts(at.main.error)
 
 
-def test_wrong_token_gives_a_readable_401(retrain_available, monkeypatch):
+@pytest.mark.slow
+def test_wrong_token_gives_a_readable_401(dashboard_env, monkeypatch):
     monkeypatch.setenv("ADMIN_TOKEN", "not-the-token")
     at = open_page("retrain")
     next(b for b in at.button if b.label == "Start retraining").click().run()
@@ -386,6 +372,7 @@ def test_wrong_token_gives_a_readable_401(retrain_available, monkeypatch):
     assert find_text(at.main.error, "Not authorised: Missing or wrong admin token")
 
 
+@pytest.mark.slow
 def test_missing_token_disables_admin_actions_and_says_how_to_set_it(dashboard_env, monkeypatch, tmp_path):
     monkeypatch.delenv("ADMIN_TOKEN")
     monkeypatch.setenv("ADMIN_TOKEN_FILE", str(tmp_path / "no-such-file"))
@@ -416,6 +403,7 @@ def test_token_is_read_from_env_then_token_file_then_data_dir(monkeypatch, tmp_p
     assert local_admin_token() == "from-data-dir"
 
 
+@pytest.mark.slow
 def test_a_dashboard_open_to_the_network_asks_for_the_token(backend_url, monkeypatch, tmp_path):
     import streamlit as st
 
@@ -450,6 +438,7 @@ def test_make_run_binds_backend_and_dashboard_to_loopback():
 # -- Metrics --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_page_shows_curves_confusion_matrix_table_and_mistakes(dashboard_env, frontend_store):
     at = open_page("metrics")
     active = frontend_store.active_version()
@@ -467,14 +456,15 @@ def test_metrics_page_shows_curves_confusion_matrix_table_and_mistakes(dashboard
     assert list(table.index) == [str(d) for d in range(10)]
     assert table.loc["3", "support"] == meta["test_metrics"]["per_class"]["3"]["support"]
     mistakes = meta["test_metrics"]["misclassified"]
-    if endpoint_exists(dashboard_env, "GET", f"/mnist/test/{mistakes[0]['index']}.png"):
-        assert find_text(at.caption, "recorded mistakes")
-    else:
-        listed = next(df.value for df in at.dataframe if "predicted" in df.value.columns)
-        assert list(listed["index"])[:5] == [m["index"] for m in mistakes[:5]]
+    assert find_text(at.caption, f"of the {len(mistakes)} recorded mistakes")
+    thumbnails = [c for c in image_captions(at) if "→" in c]
+    first = mistakes[0]
+    assert thumbnails[0] == f"{first['true']}→{first['predicted']} ({first['confidence']:.0%})"
     assert find_text(at.markdown, "**Class distribution**")
+    assert find_text(at.markdown, "**Average digit per class**")
 
 
+@pytest.mark.slow
 def test_metrics_page_switches_version(dashboard_env, frontend_store):
     at = open_page("metrics")
     other = next(v for v in frontend_store.versions() if v != frontend_store.active_version())
@@ -486,6 +476,7 @@ def test_metrics_page_switches_version(dashboard_env, frontend_store):
 # -- Models ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_models_page_lists_versions_with_active_marked(dashboard_env, frontend_store):
     at = open_page("models")
     table = at.dataframe[0].value
@@ -495,9 +486,8 @@ def test_models_page_lists_versions_with_active_marked(dashboard_env, frontend_s
     assert table["trained on"].str.contains("mnist").all()
 
 
+@pytest.mark.slow
 def test_models_page_shows_how_a_job_made_a_version(dashboard_env):
-    if not endpoint_exists(dashboard_env, "GET", "/jobs"):
-        pytest.skip("GET /jobs is not in this backend yet (answers 404)")
     jobs = [
         j
         for j in requests.get(f"{dashboard_env}/jobs", timeout=10).json()["jobs"]
@@ -512,9 +502,8 @@ def test_models_page_shows_how_a_job_made_a_version(dashboard_env):
     assert find_text(at.markdown, f"Job `{job['id']}` ({job['kind']}) **{verdict}** it:")
 
 
+@pytest.mark.slow
 def test_activate_needs_confirmation_then_switches_and_rolls_back(dashboard_env, frontend_store):
-    if not endpoint_exists(dashboard_env, "POST", "/models/x/activate"):
-        pytest.skip("POST /models/<v>/activate is not in this backend yet (answers 404)")
     original = frontend_store.active_version()
     at = open_page("models")
     target = at.selectbox[0].value
@@ -540,6 +529,7 @@ def test_activate_needs_confirmation_then_switches_and_rolls_back(dashboard_env,
     assert frontend_store.active_version() == original
 
 
+@pytest.mark.slow
 def test_models_page_reviews_pending_feedback(dashboard_env, mnist, monkeypatch):
     admin = {"Authorization": f"Bearer {TOKEN}"}
     ids = []

@@ -21,7 +21,8 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from backend.web.gunicorn_worker import IdleThreadWorker
 from benchmarks import saturation
-from benchmarks.servers import gunicorn, worker_pids
+from tests.support.browser import in_ci
+from tests.support.servers import gunicorn, worker_pids
 
 THREADS = 4
 CLIENTS = 2 * THREADS  # as many as both workers have threads: none waits once all are in
@@ -46,6 +47,7 @@ def holder(pids: list[int], inode: int) -> int:
     raise LookupError(f"no worker holds {target}")
 
 
+@pytest.mark.slow
 def test_kept_alive_clients_spread_over_workers():
     with gunicorn("benchmarks.bare_app:app", workers=2, extra_args=["--threads", str(THREADS)]) as (url, master):
         port = urlparse(url).port
@@ -90,6 +92,7 @@ def test_a_worker_with_every_thread_busy_stops_accepting():
     assert worker.worker_connections == limit
 
 
+@pytest.mark.slow
 def test_the_metrics_folder_gunicorn_made_is_removed_at_exit(tmp_path, monkeypatch):
     for name in ("PROMETHEUS_MULTIPROC_DIR", "DIGITLAB_OWN_METRICS_DIR"):
         monkeypatch.delenv(name, raising=False)
@@ -99,6 +102,7 @@ def test_the_metrics_folder_gunicorn_made_is_removed_at_exit(tmp_path, monkeypat
     assert not made[0].exists()
 
 
+@pytest.mark.slow
 def test_a_given_metrics_folder_is_kept_and_none_is_made(tmp_path, monkeypatch):
     given = tmp_path / "metrics"
     given.mkdir()
@@ -127,6 +131,7 @@ def read_response_head(connection: socket.socket) -> str:
     return head.decode().lower()
 
 
+@pytest.mark.slow
 def test_under_saturation_a_response_closes_its_connection_so_the_waiting_client_gets_in():
     with gunicorn("benchmarks.bare_app:app", workers=1, extra_args=["--threads", "1"]) as (url, _):
         address = ("127.0.0.1", urlparse(url).port)
@@ -150,7 +155,10 @@ def test_under_saturation_a_response_closes_its_connection_so_the_waiting_client
         waiting.close()
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="the benchmark drives wrk (apt-get install wrk)")
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("wrk") is None and not in_ci(), reason="the benchmark drives wrk (apt-get install wrk)"
+)
 def test_saturation_benchmark_runs_and_reports_the_bar(capsys):
     assert saturation.main(["--seconds", "1", "--warm-up", "0", "--connections", "2", "4"]) == 0
     out = capsys.readouterr().out

@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import pytest
 
 from backend.data.jobs import JobStore, process_alive
 from backend.training.pipeline import gate
-from conftest import ADMIN_TOKEN, png_bytes
+from conftest import ADMIN_TOKEN
+from tests.support.datasets import digits_zip
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -30,18 +30,6 @@ def wait_for(
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not get there in {seconds} s: {job}")
-
-
-def digit_zip(mnist, per_digit: int = 6, only: int | None = None) -> bytes:
-    """A ZIP of folders 0-9 with dark-on-light MNIST test digits."""
-    buffer, counts = io.BytesIO(), {}
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for image, label in zip(mnist.x_test[1000:3000], mnist.y_test[1000:3000]):
-            label = int(label)
-            if (only is None or label == only) and counts.get(label, 0) < per_digit:
-                counts[label] = counts.get(label, 0) + 1
-                archive.writestr(f"{label}/{counts[label]}.png", png_bytes(255 - image))
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -75,6 +63,7 @@ def test_token_is_generated_into_data_dir_when_unset(trained_store, tmp_path, mo
     assert client.post("/models/nope/activate", headers={"Authorization": f"Bearer {token}"}).status_code == 404
 
 
+@pytest.mark.slow
 def test_activate_and_roll_back(job_client, tiny_data, job_app):
     from backend.core.store import ModelStore
     from backend.training.train import TrainingConfig, train_and_publish
@@ -98,10 +87,12 @@ def test_retrain_rejects_bad_options(job_client):
         assert "error" in response.json
 
 
+@pytest.mark.slow
 def test_upload_and_retrain_end_to_end(job_client, job_app, mnist):
     active_before = job_client.get("/health").json["model_version"]
+    upload = digits_zip(mnist.x_test[1000:3000], mnist.y_test[1000:3000], per_digit=6)
     response = job_client.post(
-        "/upload_and_retrain", headers=AUTH, data={"zipfile": (io.BytesIO(digit_zip(mnist)), "mine.zip"), "epochs": "1"}
+        "/upload_and_retrain", headers=AUTH, data={"zipfile": (io.BytesIO(upload), "mine.zip"), "epochs": "1"}
     )
     assert response.status_code == 202, response.json
     accepted = response.json
@@ -135,6 +126,7 @@ def test_bad_zip_is_refused_before_anything_trains(job_client, job_app):
     assert response.status_code == 400 and "'file'" in response.json["error"]
 
 
+@pytest.mark.slow
 def test_strict_gate_rejects_and_keeps_the_candidate(trained_store, tmp_path, tiny_mnist_path, mnist):
     import shutil
 
@@ -152,10 +144,11 @@ def test_strict_gate_rejects_and_keeps_the_candidate(trained_store, tmp_path, ti
     )  # demand +100 points: never passes
     client = app.test_client()
     active = client.get("/health").json["model_version"]
+    ones = digits_zip(mnist.x_test[1000:3000], mnist.y_test[1000:3000], per_digit=6, only=1)
     job_id = client.post(
         "/upload_and_retrain",
         headers=AUTH,
-        data={"file": (io.BytesIO(digit_zip(mnist, only=1)), "ones.zip"), "epochs": "1"},
+        data={"file": (io.BytesIO(ones), "ones.zip"), "epochs": "1"},
     ).json["job_id"]
     job = wait_for(client, job_id)
     assert job["status"] == "rejected" and "MNIST test accuracy" in job["result"]["reason"]
@@ -173,6 +166,7 @@ def test_gate_rules():
     assert gate(None, forgot, 0.003)[0] is True
 
 
+@pytest.mark.slow
 def test_killed_job_leaves_active_model_and_is_marked_failed(job_client, job_app):
     versions_before = [row["version"] for row in job_client.get("/models").json["versions"]]
     active = job_client.get("/health").json["model_version"]
@@ -186,6 +180,7 @@ def test_killed_job_leaves_active_model_and_is_marked_failed(job_client, job_app
     assert [row["version"] for row in job_client.get("/models").json["versions"]] == versions_before
 
 
+@pytest.mark.slow
 def test_cancel_running_job(job_client):
     active = job_client.get("/health").json["model_version"]
     job_id = job_client.post("/retrain", json={"epochs": 60, "from": "scratch"}, headers=AUTH).json["job_id"]
@@ -228,6 +223,7 @@ for trial, folder in enumerate(folders):
 """
 
 
+@pytest.mark.slow
 def test_workers_starting_together_on_a_fresh_data_dir_all_boot(tmp_path):
     # gunicorn's workers open a fresh DATA_DIR at the same moment; switching the new job table to
     # WAL can fail at once for one of them ("database is locked"), which used to kill its boot.

@@ -101,6 +101,7 @@ def test_cancel_waits_for_an_activation_in_progress(tmp_path):
     assert outcome["concluded"] is True and jobs.get(job["id"])["status"] == SUCCEEDED
 
 
+@pytest.mark.slow
 def test_runner_of_a_cancelled_job_exits_without_training(tmp_path):
     jobs = JobStore(tmp_path)
     job = jobs.create("retrain", {"epochs": 1}, 1)
@@ -143,6 +144,7 @@ def assert_cancelled_cleanly(store: ModelStore, before: tuple, status: int, job:
     assert not [p for p in store.root.iterdir() if p.name.startswith(".")]  # no half-written version either
 
 
+@pytest.mark.slow
 def test_cancel_at_once_never_publishes_or_activates(job_client, job_app):
     store, jobs = ModelStore(job_app.config["MODEL_DIR"]), JobStore(job_app.config["DATA_DIR"])
     before = snapshot(store)
@@ -150,6 +152,7 @@ def test_cancel_at_once_never_publishes_or_activates(job_client, job_app):
         assert_cancelled_cleanly(store, before, *_cancel_when(job_client, jobs, None))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["training ", "epoch 1/1"], ids=["while-training", "while-exporting-and-publishing"])
 def test_cancel_later_still_publishes_nothing(job_client, job_app, phase):
     store, jobs = ModelStore(job_app.config["MODEL_DIR"]), JobStore(job_app.config["DATA_DIR"])
@@ -185,6 +188,7 @@ def test_activate_refuses_a_truncated_version(job_client, job_app, keep_hashes, 
     assert job_client.get("/health").json == {"status": "ok", "model_version": active}
 
 
+@pytest.mark.slow
 def test_activate_refuses_a_model_that_is_not_a_digit_model(job_client, job_app, tmp_path):
     import keras
 

@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from backend.data.jobs import STATUSES, UNFINISHED
 from benchmarks import loadtest
-from benchmarks.servers import free_port
+from benchmarks.locustkit.checks import FINISHED, batch_problem, job_problem, prediction_problem
+from benchmarks.locustkit.gate import gate_problems
+from benchmarks.locustkit.records import RunRecord, percentile, read_csv
+from benchmarks.locustkit.settings import admin_requested, env_bound
+from tests.support.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.e2e
 def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_path: Path) -> None:
     """~10 s of the default mix against a gunicorn the command starts: zero failures, every report file."""
     host = f"http://127.0.0.1:{free_port()}"
@@ -62,7 +68,7 @@ def test_smoke_load_against_gunicorn_writes_report_and_plot(trained_store, tmp_p
     ):
         assert (out / name).stat().st_size > 0, name
     assert "Locust" in (out / "report.html").read_text()
-    versions = loadtest.read_csv(out / "locust_model_versions.csv")
+    versions = read_csv(out / "locust_model_versions.csv")
     assert [row["version"] for row in versions] == [trained_store.active_version()]
     png = (out / "loadtest.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
@@ -161,6 +167,7 @@ def stub(request: pytest.FixtureRequest) -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stub", ["bad"], indirect=True)
 def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path: Path) -> None:
     """A missing digit and probabilities summing to 0.9 are failures, and the gate exits non-zero."""
@@ -171,7 +178,7 @@ def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path:
             "-m",
             "locust",
             "-f",
-            str(REPO_ROOT / "locustfile.py"),
+            "locustfile.py",  # as the README runs it, from the repo root
             "--headless",
             "-u",
             "2",
@@ -197,15 +204,16 @@ def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path:
     failures = (tmp_path / "bad_failures.csv").read_text()
     assert "missing or invalid 'digit'" in failures
     assert "probabilities sum to 0.900000, not 1" in failures
-    total = next(row for row in loadtest.read_csv(tmp_path / "bad_stats.csv") if row["Name"] == "Aggregated")
+    total = next(row for row in read_csv(tmp_path / "bad_stats.csv") if row["Name"] == "Aggregated")
     assert int(total["Request Count"]) > 0 and total["Failure Count"] == total["Request Count"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stub", ["swap"], indirect=True)
 def test_retrain_scenario_records_job_and_marks_the_swap(
     stub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """AdminUser starts a retrain and follows it; the new version's first appearance is the swap; the run ends after the job."""
+    """AdminUser follows its retrain; the new version's first appearance is the swap; the run ends after the job."""
     monkeypatch.setenv("ADMIN_TOKEN", "stub-token")
     args = loadtest.parse_args(
         [
@@ -265,3 +273,74 @@ def test_only_loopback_hosts_are_accepted() -> None:
         loadtest.loopback_address("http://10.1.2.3:5000")
     with pytest.raises(SystemExit):
         loadtest.parse_args(["--host", "http://example.com"])
+
+
+def test_loadtest_module_leaves_locust_out_of_the_process() -> None:
+    """benchmarks.loadtest reads the locustkit's files without importing Locust, whose import gevent-patches."""
+    code = "import sys, benchmarks.loadtest; print(sorted({'locust', 'gevent'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_prediction_checks_name_the_problem() -> None:
+    """A well-formed prediction passes; each kind of wrong body is named."""
+    good = {"digit": 3, "confidence": 0.91, "probabilities": [0.01] * 10, "model_version": "v1"}
+    good["probabilities"][3] = 0.91
+    assert prediction_problem(good) is None
+    assert "not the most probable" in prediction_problem({**good, "digit": 2, "confidence": 0.01})
+    assert "confidence" in prediction_problem({**good, "confidence": 0.5})
+    assert "model_version" in prediction_problem({**good, "model_version": ""})
+    assert batch_problem({"predictions": [good, good]}, 2) is None
+    assert batch_problem({"predictions": [good]}, 2) == "1 predictions for 2 images"
+    assert "predictions[1]" in batch_problem({"predictions": [good, {**good, "digit": None}]}, 2)
+
+
+def test_job_checks_use_the_backends_status_names() -> None:
+    """Every status the job table knows is accepted, a failed job is a failed request, others are unknown."""
+    assert set(FINISHED) | set(UNFINISHED) == set(STATUSES)
+    assert [job_problem({"status": status}) is None for status in STATUSES].count(False) == 1
+    assert "training job failed" in job_problem({"status": "failed", "error": "out of memory"})
+    assert "unknown job status" in job_problem({"status": "done"})
+
+
+def test_gate_thresholds_and_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate names each broken bound; "off" and 0 disable a bound."""
+    assert gate_problems(0.0, 100.0, 50, 0.01, 1000.0) == []
+    assert gate_problems(0.0, 0.0, 0, 0.01, 1000.0) == ["no requests were made"]
+    broken = gate_problems(0.5, 2000.0, 50, 0.01, 1000.0)
+    assert "LOCUST_MAX_FAIL_RATIO" in broken[0] and "LOCUST_MAX_P95_MS" in broken[1]
+    assert gate_problems(0.5, 2000.0, 50, None, None) == []
+    for raw, bound in (("off", None), ("0", None), ("250", 250.0), ("", 1000.0)):
+        monkeypatch.setenv("LOCUST_MAX_P95_MS", raw)
+        assert env_bound("LOCUST_MAX_P95_MS", 1000.0) == bound
+
+
+def test_admin_user_is_on_only_when_asked_for() -> None:
+    """AdminUser runs when named or tagged, never in a plain run."""
+    assert admin_requested(["-f", "locustfile.py", "PredictUser", "AdminUser"])
+    assert admin_requested(["--tags", "predict", "admin", "--headless"])
+    assert not admin_requested(["--tags", "predict", "--headless", "admin"])  # a class name, not a tag
+    assert not admin_requested(["-u", "10", "PredictUser"])
+
+
+def test_run_record_writes_timelines_and_exact_percentiles(tmp_path: Path) -> None:
+    """The swap shows as a second version's first appearance; phases get nearest-rank percentiles."""
+    record = RunRecord()
+    for when, version in ((1.0, "v1"), (2.0, "v1"), (2.5, "v2"), (2.2, "v1"), (3.0, "v2")):
+        record.versions.saw(version, when)
+    for ms in range(1, 101):
+        record.phases.add("1 before job", 4, float(ms), ms == 100, now=ms / 10)
+    record.note_job("job-1", "submitted", {"progress": 0.0})
+    record.write(tmp_path / "run")
+
+    versions = read_csv(tmp_path / "run_model_versions.csv")
+    assert [(row["version"], row["first_seen"], row["last_seen"], row["responses"]) for row in versions] == [
+        ("v1", "1.0", "2.2", "3"),
+        ("v2", "2.5", "3.0", "2"),
+    ]
+    (phase,) = read_csv(tmp_path / "run_phases.csv")
+    assert (phase["requests"], phase["failures"], phase["p50_ms"], phase["p95_ms"]) == ("100", "1", "50.0", "95.0")
+    assert [row["status"] for row in read_csv(tmp_path / "run_jobs.csv")] == ["submitted"]
+    assert not (tmp_path / "run_steps.csv").exists()  # no step shape ran
+    assert percentile([], 0.5) != percentile([], 0.5)  # NaN when nothing was measured

@@ -25,12 +25,14 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from conftest import ADMIN_TOKEN, png_bytes
+from tests.support.datasets import digits_zip
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = 12
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.mark.slow
 def test_every_operation_conforms_to_the_schema(job_app):
     # No admin token on purpose: admin routes must answer their documented 401, and no job is started.
     schema = schemathesis.openapi.from_wsgi("/openapi.json", job_app)
@@ -159,15 +161,6 @@ ODD_VALUES: dict[str, str | bytes] = {
 }
 
 
-def digits_zip(mnist) -> bytes:
-    """A small valid ZIP of folders 0-9."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for i in range(30):
-            archive.writestr(f"{mnist.y_train[i]}/{i}.png", png_bytes(255 - mnist.x_train[i]))
-    return buffer.getvalue()
-
-
 def empty_zip() -> bytes:
     """A valid ZIP with no images: refused before any job starts."""
     buffer = io.BytesIO()
@@ -186,7 +179,7 @@ def base_forms(mnist) -> dict[str, dict[str, tuple[bytes, str | None]]]:
         "/feedback": {"file": digit, "label": (b"3", None), "predicted": (b"5", None), "model_version": (b"v1", None)},
         # A real ZIP, so that odd epochs are read; an odd filename goes with an empty ZIP, so no job starts.
         "/upload_and_retrain": {
-            "file": (digits_zip(mnist), "digits.zip"),
+            "file": (digits_zip(mnist.x_train[:30], mnist.y_train[:30]), "digits.zip"),
             "zipfile": (empty_zip(), "digits.zip"),
             "epochs": (b"1", None),
         },

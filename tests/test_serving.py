@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 
 from backend.data.renderings import mnist_png, photo, render_set
 from benchmarks import floor_app, hot_reload, request_cost
-from benchmarks.servers import REPO_ROOT, gunicorn
+from tests.support.servers import REPO_ROOT, gunicorn
 
 
+@pytest.mark.slow
 def test_activations_under_load_lose_no_request(trained_store, mnist):
     image = photo(mnist.x_test[0], np.random.default_rng(0))
     result = hot_reload.run(trained_store.root, image, clients=8, activations=4, interval=1.0)
@@ -18,6 +20,7 @@ def test_activations_under_load_lose_no_request(trained_store, mnist):
     assert len(result["lags"]) == 4 and max(result["lags"]) <= 2.0
 
 
+@pytest.mark.slow
 def test_gunicorn_serves_with_bind_from_env(trained_store, tmp_path, mnist):
     env = {"MODEL_DIR": str(trained_store.root), "DATA_DIR": str(tmp_path)}
     with gunicorn(env=env) as (url, _):
@@ -29,6 +32,7 @@ def test_gunicorn_serves_with_bind_from_env(trained_store, tmp_path, mnist):
         assert "digitlab_http_requests_total" in requests.get(f"{url}/metrics").text
 
 
+@pytest.mark.slow
 def test_real_world_styles_through_predict(shipped_client, mnist):
     per_style, right, total = 40, {}, {}
     for style, label, data in render_set(mnist.x_test, mnist.y_test, per_style, seed=3):

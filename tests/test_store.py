@@ -100,6 +100,7 @@ def test_activate_unknown_or_malicious_version(tmp_path):
     assert store.active_version() is None
 
 
+@pytest.mark.slow
 def test_pointer_swap_is_atomic_under_concurrent_reads(tmp_path):
     store = ModelStore(tmp_path)
     versions = {publish_dummy(store, "v1"), publish_dummy(store, "v2")}

@@ -12,12 +12,17 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from backend.core.preprocessing import MNIST_SIDE
 from backend.core.store import CorruptVersionError, ModelStore, VersionNotFoundError
 
 log = logging.getLogger(__name__)
 
-INPUT_SHAPE = (28, 28, 1)
-CLASSES = 10
+NUM_CLASSES = 10  # the digits 0-9: every model maps INPUT_SHAPE to this many probabilities
+INPUT_SHAPE = (MNIST_SIDE, MNIST_SIDE, 1)
+# A worker's states, as /health and /ready report them.
+OK, DEGRADED, NO_MODEL = "ok", "degraded", "no-model"
+READY, NOT_READY = "ready", "not-ready"
+HEALTH_STATES = (OK, DEGRADED, NO_MODEL, READY, NOT_READY)
 RELOAD_RETRY_SECONDS = 30.0  # a worker that failed to load ACTIVE's version tries again after this long
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, VersionNotFoundError)  # what a damaged or missing version raises
 
@@ -42,7 +47,7 @@ class LiteModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Return softmax probabilities (n, 10) for stemmed images (n, 28, 28)."""
-        batch = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
+        batch = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, *INPUT_SHAPE)
         with self._lock:
             if len(batch) == 1:
                 return self._run(self._single, batch)
@@ -66,21 +71,21 @@ def verify_version(store: ModelStore, version: str) -> LiteModel:
     try:
         model = LiteModel(store.tflite_path(version), version)
         details = model._single.get_input_details()[0], model._single.get_output_details()[0]
-        probe = model.predict(np.linspace(0, 1, 2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28))
+        probe = model.predict(np.linspace(0, 1, 2 * MNIST_SIDE**2, dtype=np.float32).reshape(2, MNIST_SIDE, MNIST_SIDE))
     except (ValueError, RuntimeError) as exc:
         raise CorruptVersionError(f"model.tflite of version {version} cannot be loaded by LiteRT: {exc}") from exc
     shapes = tuple(details[0]["shape"][1:]), tuple(details[1]["shape"][1:])
-    if shapes != (INPUT_SHAPE, (CLASSES,)):
+    if shapes != (INPUT_SHAPE, (NUM_CLASSES,)):
         raise CorruptVersionError(
-            f"version {version} maps {shapes[0]} to {shapes[1]}, not 28x28x1 images to {CLASSES} classes"
+            f"version {version} maps {shapes[0]} to {shapes[1]}, not {INPUT_SHAPE} images to {NUM_CLASSES} classes"
         )
     if (
-        probe.shape != (2, CLASSES)
+        probe.shape != (2, NUM_CLASSES)
         or not np.all(np.isfinite(probe))
         or not np.allclose(probe.sum(axis=1), 1, atol=1e-3)
     ):
         raise CorruptVersionError(
-            f"version {version} does not answer a probe with {CLASSES} probabilities summing to 1"
+            f"version {version} does not answer a probe with {NUM_CLASSES} probabilities summing to 1"
         )
     return model
 
@@ -128,7 +133,7 @@ class ActiveModel:
         self.failure: LoadFailure | None = None
 
     def current(self) -> LiteModel | None:
-        """Return the model to serve this request with (None if nothing is active), reloading first if ACTIVE changed."""
+        """Return the model to serve this request (None if nothing is active), reloading first if ACTIVE changed."""
         stamp = self.store.active_stamp()
         model = self._model
         if stamp == self._stamp and not self._retry_due():
@@ -181,12 +186,12 @@ class ActiveModel:
                 if failure
                 else "no model version is active"
             )
-            return {"status": "no-model", "model_version": None, "reason": reason}
+            return {"status": NO_MODEL, "model_version": None, "reason": reason}
         if failure is not None:
             return {
-                "status": "degraded",
+                "status": DEGRADED,
                 "model_version": model.version,
                 "reason": f"ACTIVE names version {failure.version}, which this worker could not load "
                 f"({failure.error}); still serving {model.version}",
             }
-        return {"status": "ok", "model_version": model.version}
+        return {"status": OK, "model_version": model.version}

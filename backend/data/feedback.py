@@ -29,6 +29,7 @@ from PIL import Image
 
 from backend.core.fileio import atomic_write_bytes
 from backend.core.preprocessing import MNIST_SIDE, preprocess_bytes
+from backend.core.sqlite import connect
 from backend.data.datasets import UploadedDataset
 from backend.data.jobs import now
 
@@ -135,15 +136,9 @@ class FeedbackStore:
         self.path = self.data_dir / "feedback.sqlite3"
         self._migrate()
 
-    def _connect(self) -> sqlite3.Connection:
-        """Open an autocommit connection."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
-
     def _migrate(self) -> None:
         """Create the table, or bring an older one up to date; safe when several workers start at once."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             db.execute("BEGIN IMMEDIATE")  # one worker migrates, the others then find nothing to do
             try:
                 db.execute(SCHEMA)
@@ -191,7 +186,7 @@ class FeedbackStore:
         }
         record["path"] = f"{record['id']}.png"
         file = self.image_dir / record["path"]
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             db.execute("BEGIN IMMEDIATE")  # the duplicate and quota checks hold until the insert
             try:
                 existing = self._find(db, record["sha256"], record["label"])
@@ -229,7 +224,7 @@ class FeedbackStore:
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         """Return one record, or None if there is no such id."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             row = db.execute("SELECT * FROM feedback WHERE id = ?", (record_id,)).fetchone()
         return dict(row) if row else None
 
@@ -241,25 +236,25 @@ class FeedbackStore:
         query += " ORDER BY created, rowid"
         if limit is not None:
             query, args = query + " LIMIT ?", [*args, limit]
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             return [dict(row) for row in db.execute(query, args)]
 
     def counts(self) -> dict[str, int]:
         """Return how many records are in each review status."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             found = dict(db.execute("SELECT status, COUNT(*) FROM feedback GROUP BY status").fetchall())
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
     def used_bytes(self) -> int:
         """Return the bytes of every stored feedback image: what FEEDBACK_MAX_MB caps."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             return int(db.execute("SELECT COALESCE(SUM(bytes), 0) FROM feedback").fetchone()[0])
 
     def review(self, record_id: str, status: str) -> dict[str, Any] | None:
         """Set a record's review status; return the updated record, or None if there is no such id."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             db.execute("UPDATE feedback SET status = ? WHERE id = ?", (status, record_id))
         return self.get(record_id)
 

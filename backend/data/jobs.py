@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.core.config import REPO_ROOT
+from backend.core.sqlite import connect
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class JobStore:
         deadline = time.monotonic() + WAL_SWITCH_SECONDS
         while True:
             try:
-                with closing(self._connect()) as db:
+                with closing(connect(self.path)) as db:
                     # Two connections switching a new file to WAL at once can deadlock, and SQLite then
                     # fails one at once instead of waiting. The mode persists, so only a first start switches.
                     if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -172,16 +173,10 @@ class JobStore:
                     raise
                 time.sleep(0.05)
 
-    def _connect(self) -> sqlite3.Connection:
-        """Open a connection in autocommit mode, waiting for locks rather than failing."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
-
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """Hold the write lock for a check-then-write step: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -233,7 +228,7 @@ class JobStore:
     def get(self, job_id: str) -> dict[str, Any]:
         """Return one job, marking it failed first if its process died."""
         self.reap_dead()
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFoundError(f"No job {job_id!r}. GET /jobs lists the jobs.")
@@ -242,19 +237,19 @@ class JobStore:
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         """Return the newest jobs first."""
         self.reap_dead()
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             rows = db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
         return [self._decode(row) for row in rows]
 
     def unfinished(self) -> list[str]:
         """Return the ids of queued and running jobs."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             rows = db.execute(f"SELECT id FROM jobs WHERE status IN ({_marks(UNFINISHED)})", UNFINISHED).fetchall()
         return [row["id"] for row in rows]
 
     def statuses(self) -> dict[str, str]:
         """Return every job's status by id."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             return {row["id"]: row["status"] for row in db.execute("SELECT id, status FROM jobs")}
 
     def update(self, job_id: str, **fields: Any) -> bool:
@@ -266,7 +261,7 @@ class JobStore:
             raise TypeError("update() does not change the status: use start, finish, conclude or cancel")
         values = _encode(fields)
         assignments = ", ".join(f"{key} = ?" for key in values)
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             cursor = db.execute(
                 f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({_marks(UNFINISHED)})",
                 (*values.values(), job_id, *UNFINISHED),
@@ -275,12 +270,12 @@ class JobStore:
 
     def start(self, job_id: str, pid: int) -> bool:
         """Move a queued job to running in process `pid`; False if it is no longer queued (e.g. cancelled)."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             return self._move(db, job_id, RUNNING, (QUEUED,), {"started": now(), "pid": pid})
 
     def finish(self, job_id: str, status: str, **fields: Any) -> bool:
         """Move an unfinished job to a final status; a job that already ended keeps its status (returns False)."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             return self._move(db, job_id, status, UNFINISHED, fields)
 
     def conclude(self, job_id: str, result: dict[str, Any], promote: Callable[[], None] | None) -> bool:
@@ -311,13 +306,13 @@ class JobStore:
 
     def pid(self, job_id: str) -> int | None:
         """Return the process id running a job, if any."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             row = db.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row["pid"] if row else None
 
     def reap_dead(self) -> None:
         """Mark unfinished jobs whose process is gone as failed."""
-        with closing(self._connect()) as db:
+        with closing(connect(self.path)) as db:
             rows = db.execute(
                 f"SELECT id, pid, created FROM jobs WHERE status IN ({_marks(UNFINISHED)})", UNFINISHED
             ).fetchall()

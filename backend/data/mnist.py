@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.core.inference import NUM_CLASSES
 from backend.core.preprocessing import preprocess_many
 
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NUM_CLASSES = 10
 
 
 class DatasetUnavailableError(RuntimeError):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from backend.core.config import Settings
 from backend.core.store import ModelStore, VersionNotFoundError
 from backend.data.mnist import NUM_CLASSES, DatasetUnavailableError, load_mnist, stemmed
 
@@ -68,9 +69,12 @@ def evaluate_version(store: ModelStore, version: str, images: np.ndarray, labels
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate the active version (or --version) on the MNIST test split and print a JSON report."""
+    settings = Settings()  # the folder the server reads: $MODEL_DIR, else models/ in the checkout
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--version", help="model version to evaluate (default: the active one)")
-    parser.add_argument("--model-dir", default=os.environ.get("MODEL_DIR", "models"), help="model store folder")
+    parser.add_argument(
+        "--model-dir", type=Path, default=settings.model_dir, help=f"model store folder (default: {settings.model_dir})"
+    )
     parser.add_argument("--mnist-path", default=None, help="MNIST .npz (default: $MNIST_PATH, else Keras's loader)")
     parser.add_argument("--full", action="store_true", help="include per-class metrics and the confusion matrix")
     args = parser.parse_args(argv)

@@ -24,7 +24,6 @@ from ui import (
     cached_models,
     history_charts,
     per_class_frame,
-    show_error,
 )
 
 GALLERY_SIZE = 30
@@ -91,23 +90,11 @@ def per_class_table(per_class: dict[str, dict[str, float]]) -> pd.DataFrame:
 
 
 def misclassified_gallery(mistakes: list[dict[str, Any]]) -> None:
-    """Thumbnails of misclassified test digits, or a table when the backend cannot serve MNIST images."""
+    """Thumbnails of misclassified test digits from GET /mnist/test/<index>.png, each captioned true → predicted."""
     if not mistakes:
         st.caption("No misclassified test digits recorded.")
         return
     shown = mistakes[:GALLERY_SIZE]
-    try:
-        cached_mnist_png(backend_url(), int(shown[0]["index"]))
-    except BackendError as exc:
-        if not exc.not_found:
-            show_error(exc)
-        st.caption(
-            "The backend does not serve MNIST test images (GET /mnist/test/<index>.png), so here is the list instead."
-        )
-        st.dataframe(
-            pd.DataFrame(shown, columns=["index", "true", "predicted", "confidence"]), hide_index=True, height=250
-        )
-        return
     st.caption(f"{len(shown)} of the {len(mistakes)} recorded mistakes: true → predicted (confidence).")
     for start in range(0, len(shown), GALLERY_COLUMNS):
         columns = st.columns(GALLERY_COLUMNS)
@@ -115,21 +102,16 @@ def misclassified_gallery(mistakes: list[dict[str, Any]]) -> None:
             with column:
                 try:
                     image = cached_mnist_png(backend_url(), int(item["index"]))
-                except BackendError:
-                    st.caption(f"#{item['index']} unavailable")
+                except BackendError as exc:  # e.g. 404: the backend's MNIST test split has no such index
+                    st.caption(f"#{item['index']}: {exc.message}")
                     continue
                 st.image(image, width=56, caption=f"{item['true']}→{item['predicted']} ({item['confidence']:.0%})")
 
 
 def data_section(meta: dict[str, Any]) -> None:
     """Class distribution (train and test) and the average digit per class."""
-    try:
-        summary = cached_mnist_summary(backend_url())
-    except BackendError as exc:
-        if not exc.not_found:
-            show_error(exc)
-        summary = None
-    # The version's own training counts are always known; the MNIST summary adds the test split and mean digits.
+    summary = attempt(cached_mnist_summary, backend_url())
+    # The version's own training counts are always known; the MNIST summary adds the train split and mean digits.
     train = per_class_frame((meta.get("data") or {}).get("per_class") or {}, "trained on (this version)")
     support = {d: v.get("support", 0) for d, v in ((meta.get("test_metrics") or {}).get("per_class") or {}).items()}
     frames = [train, per_class_frame(support, "tested on (this version)")]
@@ -138,14 +120,11 @@ def data_section(meta: dict[str, Any]) -> None:
     counts = pd.concat(frames, axis=1)
     st.markdown("**Class distribution**")
     st.bar_chart(counts, x_label="digit", y_label="images", stack=False, height=260)
+    if summary is None:
+        return  # attempt() has said why
     st.markdown("**Average digit per class**")
-    means = (summary or {}).get("mean_digit_png") or {}
-    if not means:
-        st.caption(
-            "The backend serves no MNIST summary (GET /mnist/summary answered 404), so the average digits cannot be shown."
-        )
-        return
-    for column, digit in zip(st.columns(10), DIGITS):
+    means = summary.get("mean_digit_png") or {}
+    for column, digit in zip(st.columns(len(DIGITS)), DIGITS):
         if digit in means:
             column.image(decode_png(means[digit]), width=56, caption=digit)
 

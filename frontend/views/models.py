@@ -1,4 +1,4 @@
-"""Models page: every stored version with metrics and provenance; activate or roll back after confirming; review feedback."""
+"""Models page: every version with metrics and provenance; activate or roll back after confirming; review feedback."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from client import BackendError, backend_url
+from client import ApiFacts, BackendError, backend_url
 from ui import (
     admin_token,
     attempt,
+    cached_facts,
     cached_model,
     cached_models,
     client,
@@ -26,7 +27,6 @@ from ui import (
     token_help,
 )
 
-PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"  # the API's feedback review states
 REVIEW_BATCH = 12  # pending feedback shown at once: each row fetches its thumbnail
 THUMBNAIL_SCALE = 3  # 28x28 inputs shown at 84 px, pixels kept sharp
 
@@ -105,8 +105,10 @@ def training_job(version: str, job_id: str | None) -> dict[str, Any] | None:
         if job_id:
             return client().job(job_id)
         return next((job for job in client().jobs() if (job.get("result") or {}).get("candidate") == version), None)
-    except BackendError:
-        return None  # provenance is a nicety: the page works without the jobs API
+    except BackendError as exc:
+        if not exc.not_found:  # 404: the job's record is gone (e.g. another DATA_DIR); the version stays valid
+            show_error(exc)
+        return None
 
 
 def activation_controls(listing: dict[str, Any]) -> None:
@@ -134,7 +136,8 @@ def activation_controls(listing: dict[str, Any]) -> None:
     pending = st.session_state.get("pending_activation")
     if pending is not None:
         st.warning(
-            f"Serve `{pending}` instead of `{active}`? Every prediction switches to it at once; you can roll back here.",
+            f"Serve `{pending}` instead of `{active}`? "
+            "Every prediction switches to it at once; you can roll back here.",
             icon=":material/swap_horiz:",
         )
         confirm, cancel = st.columns([1, 5])
@@ -157,18 +160,15 @@ def switch_to(version: str) -> bool:
     try:
         answer = client().activate(version)
     except BackendError as exc:
-        if exc.not_found and "No such endpoint" in exc.message:
-            st.info("This backend cannot switch versions yet (POST /models/<version>/activate answered 404).")
-        else:
-            show_error(exc)
+        show_error(exc)
         return False
     refresh_model_caches()
     st.session_state["activation_done"] = answer
     return True
 
 
-def feedback_review() -> None:
-    """Pending feedback with the 28x28 input it would train on; an admin accepts or rejects each one."""
+def feedback_review(facts: ApiFacts) -> None:
+    """Unreviewed feedback with the 28x28 input it would train on; an admin gives each one a verdict."""
     st.subheader("Feedback review")
     st.caption(
         "Corrections sent from the Predict page wait here: only accepted ones are used by retraining with feedback."
@@ -179,27 +179,31 @@ def feedback_review() -> None:
     reviewed = st.session_state.pop("feedback_reviewed", None)
     if reviewed:
         st.success(f"Feedback `{reviewed['id']}` {reviewed['status']}.", icon=":material/check_circle:")
-    listing = attempt(client().feedback_records, PENDING, REVIEW_BATCH)
+    listing = attempt(client().feedback_records, facts.unreviewed, REVIEW_BATCH)
     if listing is None:
         return
     shown = listing.get("feedback", [])
     counts = listing.get("counts", {})
+    verdicts = [status for status in facts.review_statuses if status != facts.unreviewed]
     storage = (
-        f"{counts.get(ACCEPTED, 0)} accepted, {counts.get(REJECTED, 0)} rejected; storage "
-        f"{listing.get('used_bytes', 0) / 1e6:.2f} of {listing.get('quota_bytes', 0) / 1e6:.0f} MB"
+        ", ".join(f"{counts.get(status, 0)} {status}" for status in verdicts)
+        + f"; storage {listing.get('used_bytes', 0) / 1e6:.2f} of {listing.get('quota_bytes', 0) / 1e6:.0f} MB"
     )
     if not shown:
         st.caption(f"Nothing waits for review ({storage}).")
         return
-    st.caption(f"{counts.get(PENDING, len(shown))} pending, oldest first; showing {len(shown)} ({storage}).")
+    st.caption(
+        f"{counts.get(facts.unreviewed, len(shown))} {facts.unreviewed}, oldest first; "
+        f"showing {len(shown)} ({storage})."
+    )
     for record in shown:
-        feedback_row(record)
+        feedback_row(record, verdicts)
 
 
-def feedback_row(record: dict[str, Any]) -> None:
-    """One pending item: thumbnail, right label, what the model said, and Accept/Reject."""
+def feedback_row(record: dict[str, Any], verdicts: list[str]) -> None:
+    """One unreviewed item: thumbnail, right label, what the model said, and a button per verdict."""
     feedback_id = record["id"]
-    thumbnail, details, accept, reject = st.columns([1, 4, 1, 1], vertical_alignment="center")
+    thumbnail, details, *buttons = st.columns([1, 4] + [1] * len(verdicts), vertical_alignment="center")
     try:
         data = client().feedback_png(feedback_id)
         thumbnail.image(png(np.asarray(Image.open(io.BytesIO(data)).convert("L")), scale=THUMBNAIL_SCALE))
@@ -211,8 +215,8 @@ def feedback_row(record: dict[str, Any]) -> None:
         f"(`{record.get('model_version') or 'unknown version'}`) · {short_time(record.get('created'))} · "
         f"`{feedback_id}`"
     )
-    for column, status, label in ((accept, ACCEPTED, "Accept"), (reject, REJECTED, "Reject")):
-        if column.button(label, key=f"{status}-{feedback_id}"):
+    for column, status in zip(buttons, verdicts):
+        if column.button(f"Mark {status}", key=f"{status}-{feedback_id}"):
             try:
                 client().review_feedback(feedback_id, status)
             except BackendError as exc:
@@ -253,4 +257,6 @@ chosen = st.selectbox(
     format_func=lambda v: f"{v} (active)" if v == listing.get("active") else v,
 )
 version_details(chosen)
-feedback_review()
+api_facts = attempt(cached_facts, backend_url())
+if api_facts is not None:
+    feedback_review(api_facts)

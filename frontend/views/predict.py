@@ -60,7 +60,9 @@ def drawn_image() -> Upload | None:
 def probability_chart(probabilities: list[float]) -> None:
     """Bar chart of the ten class probabilities, the predicted digit highlighted."""
     best = int(max(range(len(probabilities)), key=probabilities.__getitem__))
-    frame = pd.DataFrame({"digit": DIGITS, "probability": probabilities, "predicted": [d == best for d in range(10)]})
+    frame = pd.DataFrame(
+        {"digit": DIGITS, "probability": probabilities, "predicted": [d == best for d in range(len(DIGITS))]}
+    )
     chart = (
         alt.Chart(frame)
         .mark_bar()
@@ -86,7 +88,7 @@ def feedback_form(image: Upload, result: dict[str, Any], key: str) -> None:
         return
     with st.form(f"feedback-{key}", border=False):
         left, right = st.columns([3, 1], vertical_alignment="bottom")
-        choices = [d for d in range(10) if d != result["digit"]]
+        choices = [d for d in range(len(DIGITS)) if d != result["digit"]]
         label = left.selectbox(
             "Wrong? The right digit is…", choices, index=None, placeholder="pick the right digit", key=f"label-{key}"
         )
@@ -108,14 +110,11 @@ def feedback_form(image: Upload, result: dict[str, Any], key: str) -> None:
 
 
 def saliency(image: Upload, version: str | None) -> None:
-    """Show the /explain overlay, or say that the backend does not offer it."""
+    """Show the /explain overlay, or why the backend could not make it."""
     try:
         explained = cached_explain(backend_url(), version, image)
     except BackendError as exc:
-        if exc.not_found:
-            st.caption("Saliency heatmap: not offered by this backend yet (POST /explain answered 404).")
-        else:
-            show_error(exc)
+        show_error(exc)
         return
     st.image(decode_png(explained["overlay_png"]), caption="Saliency: where the model looked", width=140)
 
@@ -155,7 +154,8 @@ if health is None:
     st.stop()
 if not health.get("model_version"):
     st.warning(
-        "The backend has no active model yet, so it cannot predict. Train one (`make train`) or activate one on the Models page."
+        "The backend has no active model yet, so it cannot predict. "
+        "Train one (`make train`) or activate one on the Models page."
     )
     st.stop()
 active_version = health.get("model_version")

@@ -7,11 +7,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from client import BackendError, Upload, backend_url
+from client import ApiFacts, BackendError, Upload, backend_url
 from ui import (
     admin_token,
     attempt,
     cached_datasets,
+    cached_facts,
     client,
     history_charts,
     per_class_frame,
@@ -21,21 +22,13 @@ from ui import (
     token_help,
 )
 
-ACTIVE_STATES = ("queued", "running")
 REFRESH_SECONDS = 2.0
+START_LABELS = {"scratch": "a fresh network", "active": "the active version (fine-tune)"}  # the API's `from` values
 
 
 def job_sort_key(job: dict[str, Any]) -> str:
     """Order jobs by creation time (ISO strings sort chronologically)."""
     return str(job.get("created") or "")
-
-
-def endpoint_missing(exc: BackendError, what: str) -> bool:
-    """Say plainly when the backend does not have a training endpoint yet; True if so."""
-    if exc.not_found and "No such endpoint" in exc.message:
-        st.info(f"This backend does not offer {what} yet (it answered 404).")
-        return True
-    return False
 
 
 def start_job(answer: dict[str, Any] | None, dataset: dict[str, Any] | None = None) -> None:
@@ -48,29 +41,40 @@ def start_job(answer: dict[str, Any] | None, dataset: dict[str, Any] | None = No
     st.toast(f"Job {answer['job_id']} queued.", icon=":material/schedule:")
 
 
-def submit(call: Any, what: str, **kwargs: Any) -> dict[str, Any] | None:
+def submit(call: Any, **kwargs: Any) -> dict[str, Any] | None:
     """Send an admin training request; a 409 follows the job already running instead."""
     try:
         return call(**kwargs)
     except BackendError as exc:
-        if endpoint_missing(exc, what):
-            return None
         show_error(exc)
         if exc.status == 409 and exc.body.get("job_id"):
             st.session_state["job_id"] = exc.body["job_id"]  # show the job that holds the trainer
         return None
 
 
-def mnist_form(has_token: bool) -> None:
+def mnist_form(has_token: bool, facts: ApiFacts) -> None:
     """Retrain on MNIST (optionally with uploads and feedback): epochs and starting point."""
+    defaults = ", ".join(
+        f"{epochs} from {START_LABELS.get(start, start)}" for start, epochs in facts.default_epochs.items()
+    )
     with st.form("retrain-mnist"):
         st.markdown("#### Retrain on MNIST")
-        epochs = st.number_input("Epochs", min_value=1, max_value=100, value=3, step=1)
+        # Left empty, the backend picks the epochs for the chosen starting point.
+        epochs = st.number_input(
+            "Epochs",
+            min_value=1,
+            max_value=facts.max_epochs,
+            value=None,
+            step=1,
+            placeholder=f"backend default: {defaults}",
+            help=f"1 to {facts.max_epochs}; empty for the backend's default ({defaults}).",
+        )
         start = st.radio(
             "Start from",
-            ["scratch", "active"],
+            facts.start_points,
+            index=facts.start_points.index(facts.default_start),
             horizontal=True,
-            format_func=lambda s: "a fresh network" if s == "scratch" else "the active version (fine-tune)",
+            format_func=lambda s: START_LABELS.get(s, s),
         )
         uploads = st.checkbox("Also train on uploaded datasets", value=False)
         feedback = st.checkbox("Also train on accepted feedback corrections", value=False)
@@ -79,8 +83,7 @@ def mnist_form(has_token: bool) -> None:
         start_job(
             submit(
                 client().retrain,
-                "POST /retrain",
-                epochs=int(epochs),
+                epochs=None if epochs is None else int(epochs),
                 start_from=start,
                 include_uploads=uploads,
                 include_feedback=feedback,
@@ -88,12 +91,20 @@ def mnist_form(has_token: bool) -> None:
         )
 
 
-def upload_form(has_token: bool) -> None:
+def upload_form(has_token: bool, facts: ApiFacts) -> None:
     """Upload a ZIP of folders 0-9 and train on it."""
     with st.form("retrain-upload"):
         st.markdown("#### Retrain on your own digits")
         archive = st.file_uploader("ZIP with one folder per digit (0/ … 9/) of images", type=["zip"])
-        epochs = st.number_input("Epochs", min_value=1, max_value=100, value=3, step=1, key="upload-epochs")
+        epochs = st.number_input(
+            "Epochs",
+            min_value=1,
+            max_value=facts.max_epochs,
+            value=facts.upload_epochs,
+            step=1,
+            key="upload-epochs",
+            help=f"1 to {facts.max_epochs}; the backend's default is {facts.upload_epochs}.",
+        )
         go = st.form_submit_button("Upload and retrain", type="primary", disabled=not has_token)
     if go:
         if archive is None:
@@ -101,7 +112,6 @@ def upload_form(has_token: bool) -> None:
             return
         answer = submit(
             client().upload_and_retrain,
-            "POST /upload_and_retrain",
             archive=Upload(archive.name, archive.getvalue(), "application/zip"),
             epochs=int(epochs),
         )
@@ -159,14 +169,13 @@ def comparison_table(comparison: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def job_result(job: dict[str, Any]) -> None:
-    """Show how a finished job ended: promoted or rejected with the reason, or why it failed."""
+def job_result(job: dict[str, Any], facts: ApiFacts) -> None:
+    """Show how a finished job ended: promoted or rejected with the reason, or why it stopped (failed, cancelled)."""
     status, result = job.get("status"), job.get("result") or {}
-    if status == "failed":
-        st.error(f"Training failed: {job.get('error') or 'no reason given'}", icon=":material/error:")
+    if status in facts.unfinished_jobs:
         return
-    if status == "cancelled":
-        st.info("The job was cancelled.", icon=":material/cancel:")
+    if job.get("error"):
+        st.error(f"Job {status}: {job['error']}", icon=":material/error:")
         return
     if not result:
         return
@@ -178,7 +187,8 @@ def job_result(job: dict[str, Any]) -> None:
         )
     else:
         st.warning(
-            f"Rejected: `{candidate}` stays in the store but not in service; `{result.get('previous')}` stays active: {reason}.",
+            f"Rejected: `{candidate}` stays in the store but not in service; "
+            f"`{result.get('previous')}` stays active: {reason}.",
             icon=":material/block:",
         )
     table = comparison_table(result.get("comparison") or {})
@@ -193,7 +203,7 @@ def job_result(job: dict[str, Any]) -> None:
     )
 
 
-def job_details(job: dict[str, Any]) -> None:
+def job_details(job: dict[str, Any], facts: ApiFacts) -> None:
     """Status, progress bar, live curves and log of one job."""
     status = job.get("status", "?")
     st.markdown(f"#### Job `{job.get('id')}` · {job.get('kind', 'training')} · **{status}**")
@@ -204,8 +214,8 @@ def job_details(job: dict[str, Any]) -> None:
     for dataset in job_datasets(job):
         dataset_summary(dataset)
     history_charts(job.get("history"))
-    job_result(job)
-    if status in ACTIVE_STATES and admin_token():
+    job_result(job, facts)
+    if status in facts.unfinished_jobs and admin_token():
         if st.button("Cancel this job", key=f"cancel-{job.get('id')}"):
             if attempt(client().cancel_job, job["id"]) is not None:
                 st.toast("Cancelling…")
@@ -215,10 +225,10 @@ def job_details(job: dict[str, Any]) -> None:
             st.code("\n".join(log[-200:]), language=None)
 
 
-def job_panel(job_id: str, first_status: str | None) -> None:
-    """Follow one job; while it is queued or running the panel refreshes itself every couple of seconds."""
+def job_panel(job_id: str, first_status: str | None, facts: ApiFacts) -> None:
+    """Follow one job; while it is unfinished the panel refreshes itself every couple of seconds."""
 
-    @st.fragment(run_every=REFRESH_SECONDS if first_status in ACTIVE_STATES else None)
+    @st.fragment(run_every=REFRESH_SECONDS if first_status in facts.unfinished_jobs else None)
     def panel() -> None:
         """Fetch the job and draw it; rerun the whole page once when it ends."""
         try:
@@ -226,9 +236,9 @@ def job_panel(job_id: str, first_status: str | None) -> None:
         except BackendError as exc:
             show_error(exc)
             return
-        job_details(job)
+        job_details(job, facts)
         watching = st.session_state.get("watching")
-        if job.get("status") in ACTIVE_STATES:
+        if job.get("status") in facts.unfinished_jobs:
             st.session_state["watching"] = job_id
         elif watching == job_id:
             # It just ended: rerun the whole page once, which stops the refresh and updates the sidebar.
@@ -259,34 +269,31 @@ def recent_jobs(jobs: list[dict[str, Any]]) -> None:
 
 
 st.title("Retrain")
+api_facts = attempt(cached_facts, backend_url())
+if api_facts is None:
+    st.stop()
 has_token = admin_token() is not None
 if not has_token:
     st.warning(token_help(), icon=":material/key:")
 
 left, right = st.columns(2)
 with left:
-    mnist_form(has_token)
+    mnist_form(has_token, api_facts)
 with right:
-    upload_form(has_token)
+    upload_form(has_token, api_facts)
 
-jobs: list[dict[str, Any]] | None
-try:
-    jobs = sorted(client().jobs(), key=job_sort_key, reverse=True)
-except BackendError as exc:
-    jobs = None
-    if not endpoint_missing(exc, "training jobs (GET /jobs)"):
-        show_error(exc)
-
+jobs = attempt(client().jobs)
 if jobs is not None:
+    jobs.sort(key=job_sort_key, reverse=True)
     st.divider()
     known = {j.get("id"): j.get("status") for j in jobs}
-    running = [j.get("id") for j in jobs if j.get("status") in ACTIVE_STATES]
+    running = [j.get("id") for j in jobs if j.get("status") in api_facts.unfinished_jobs]
     followed = st.session_state.get("job_id")
-    if followed is None or (followed in known and known[followed] not in ACTIVE_STATES and running):
+    if followed is None or (followed in known and known[followed] not in api_facts.unfinished_jobs and running):
         # Follow what is running (perhaps started elsewhere), else the latest job.
         followed = running[0] if running else (jobs[0].get("id") if jobs else None)
     if followed is None:
         st.caption("No training jobs yet.")
     else:
-        job_panel(followed, known.get(followed, "queued"))
+        job_panel(followed, known.get(followed, api_facts.unfinished_jobs[0]), api_facts)
     recent_jobs(jobs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from apiflask import APIBlueprint, abort
 from flask import Response
 
+from backend.core.inference import NO_MODEL, NOT_READY, READY
 from backend.core.store import VersionNotFoundError
 from backend.data.retention import prune
 from backend.web.api.auth import auth
@@ -34,7 +35,7 @@ bp = APIBlueprint("models", __name__, tag="Models")
 def health() -> tuple[dict, int]:
     """Report whether a model is loaded, which, and whether it is the one ACTIVE names."""
     state = services().model.health()
-    return state, 503 if state["status"] == "no-model" else 200
+    return state, 503 if state["status"] == NO_MODEL else 200
 
 
 @bp.get("/ready")
@@ -49,8 +50,8 @@ def ready() -> tuple[dict, int]:
     model = services().model.current()
     reason = services().model.health()["reason"] if model is None else services().store.problem()
     if reason is not None:
-        return {"status": "not-ready", "model_version": getattr(model, "version", None), "reason": reason}, 503
-    return {"status": "ready", "model_version": model.version}, 200
+        return {"status": NOT_READY, "model_version": getattr(model, "version", None), "reason": reason}, 503
+    return {"status": READY, "model_version": model.version}, 200
 
 
 @bp.get("/model")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from apiflask import Schema, fields
 from apiflask.validators import Length, OneOf, Range, Regexp
 
-from backend.data.feedback import MAX_TEXT_CHARS, STATUSES
-from backend.data.jobs import DEFAULT_EPOCHS, MAX_EPOCHS
+from backend.core.inference import HEALTH_STATES
+from backend.data.feedback import MAX_TEXT_CHARS, PENDING, STATUSES
+from backend.data.jobs import DEFAULT_EPOCHS, MAX_EPOCHS, UNFINISHED
 from backend.data.jobs import STATUSES as JOB_STATUSES
 from backend.data.retention import DEFAULT_KEEP, LOG_KEEP_DAYS
 
@@ -78,7 +79,7 @@ class BatchPrediction(Schema):
 class Health(Schema):
     """Liveness (or readiness) and the served model."""
 
-    status = fields.String(required=True, validate=OneOf(["ok", "degraded", "no-model", "ready", "not-ready"]))
+    status = fields.String(required=True, validate=OneOf(HEALTH_STATES))
     model_version = fields.String(allow_none=True, required=True)
     reason = fields.String(
         metadata={"description": "Why the worker is degraded or not ready; absent when all is well."}
@@ -149,6 +150,9 @@ class ModelMetadata(Schema):
     job = fields.String(metadata={"description": "The job that trained this version, if any."})
 
 
+START_POINTS = ["scratch", "active"]  # a fresh network, or fine-tuning the active version
+
+
 class RetrainRequest(Schema):
     """Options of a retraining job; all optional."""
 
@@ -157,10 +161,13 @@ class RetrainRequest(Schema):
         validate=Range(1, MAX_EPOCHS),
         allow_none=True,
         metadata={
-            "description": f"Default {DEFAULT_EPOCHS['active']} from the active model, {DEFAULT_EPOCHS['scratch']} from scratch."
+            "description": f"Default {DEFAULT_EPOCHS['active']} from the active model, "
+            f"{DEFAULT_EPOCHS['scratch']} from scratch.",
+            # Machine-readable for clients such as the dashboard, which cannot import the backend.
+            "x-default-by-from": {start: DEFAULT_EPOCHS[start] for start in START_POINTS},
         },
     )
-    from_ = fields.String(data_key="from", load_default="active", validate=OneOf(["scratch", "active"]))
+    from_ = fields.String(data_key="from", load_default="active", validate=OneOf(START_POINTS))
     include_uploads = fields.Boolean(load_default=False)
     include_feedback = fields.Boolean(load_default=False)
     seed = fields.Integer(load_default=42, validate=Range(0, 2**31 - 1))
@@ -175,7 +182,10 @@ class ZipUpload(Schema):
     zipfile = fields.File(metadata={"description": "Accepted instead of `file` for older clients."})
     epochs = fields.Integer(
         validate=Range(1, MAX_EPOCHS),
-        metadata={"description": f"Fine-tuning epochs, ASCII digits (default {DEFAULT_EPOCHS['upload']})."},
+        metadata={
+            "description": f"Fine-tuning epochs, ASCII digits (default {DEFAULT_EPOCHS['upload']}).",
+            "default": DEFAULT_EPOCHS["upload"],
+        },
     )
 
 
@@ -211,7 +221,14 @@ class Job(Schema):
 
     id = fields.String(required=True)
     kind = fields.String(required=True)
-    status = fields.String(required=True, validate=OneOf(JOB_STATUSES))
+    status = fields.String(
+        required=True,
+        validate=OneOf(JOB_STATUSES),
+        metadata={
+            "description": f"{' and '.join(UNFINISHED)} jobs still change (x-unfinished); the other states are final.",
+            "x-unfinished": list(UNFINISHED),
+        },
+    )
     params = fields.Dict()
     created = fields.String()
     started = fields.String(allow_none=True)
@@ -316,7 +333,11 @@ class FeedbackRecord(Schema):
         metadata={"description": "Hash of the stored 28x28 grey levels (the dedupe key, with label)."}
     )
     status = fields.String(
-        validate=OneOf(STATUSES), metadata={"description": "Review state; only accepted feedback is trained on."}
+        validate=OneOf(STATUSES),
+        metadata={
+            "description": "Review state; only accepted feedback is trained on. New records start in x-initial.",
+            "x-initial": PENDING,
+        },
     )
     bytes = fields.Integer(metadata={"description": "Stored size, counted against FEEDBACK_MAX_MB."})
 

@@ -18,6 +18,7 @@ from backend.data.datasets import (
     list_datasets,
 )
 from backend.data.jobs import (
+    FAILED,
     MAX_EPOCHS,
     UNFINISHED,
     JobAlreadyEndedError,
@@ -67,7 +68,7 @@ def _start(kind: str, params: dict, epochs: int) -> dict:
     try:
         launch(_jobs(), job["id"], env)
     except OSError as exc:
-        _jobs().finish(job["id"], "failed", error=f"Could not start the training process: {exc}")
+        _jobs().finish(job["id"], FAILED, error=f"Could not start the training process: {exc}")
         abort(503, f"Could not start the training process: {exc}")
     return {"job_id": job["id"], "status_url": url_for("training.get_job", job_id=job["id"])}
 

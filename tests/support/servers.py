@@ -1,4 +1,4 @@
-"""Start real gunicorn servers on loopback for benchmarks and tests, and stop them cleanly."""
+"""Start real gunicorn servers on loopback for tests and benchmarks, stop them cleanly, and read their /proc figures."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from backend.core.config import REPO_ROOT
+
 GUNICORN_CONFIG = REPO_ROOT / "backend" / "gunicorn.conf.py"
 
 
@@ -79,7 +80,7 @@ def gunicorn(
     host: str = "127.0.0.1",
     port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run `gunicorn -c backend/gunicorn.conf.py <app>` on a loopback port (a free one by default); yield (base URL, process)."""
+    """Run `gunicorn -c backend/gunicorn.conf.py <app>` on a loopback port (free by default); yield (URL, process)."""
     port = port or free_port()
     command = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), "--bind", f"{host}:{port}"]
     if workers:
