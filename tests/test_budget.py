@@ -15,23 +15,13 @@ from backend.core.sequence import (
     _merge_overlapping,
     segment_digits,
 )
+from benchmarks.attack import dot_field
 from conftest import png_bytes
 
 
 def upload(data: bytes, name: str = "image.png") -> dict:
     """A multipart body with field `file`."""
     return {"file": (io.BytesIO(data), name)}
-
-
-def dot_field(side: int, pitch: int = 5) -> bytes:
-    """A tiny PNG of 2x2 dots on a grid: a few hundred bytes, thousands of separate marks."""
-    page = np.full((side, side), 255, np.uint8)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            page[dy::pitch, dx::pitch] = 0
-    buffer = io.BytesIO()
-    Image.fromarray(page).convert("1").save(buffer, "PNG", optimize=True)
-    return buffer.getvalue()
 
 
 @pytest.fixture()
