@@ -287,3 +287,13 @@ def test_worker_picks_up_a_new_active_version(client, trained_store, tiny_data, 
     finally:
         trained_store.activate(original)
     assert client.post("/predict", data=upload(png_bytes(digit))).json["model_version"] == original
+
+
+def test_a_form_part_without_a_name_is_a_400(client):
+    boundary = "digitlab"
+    nameless = f"--{boundary}\r\nContent-Disposition: form-data\r\n\r\nnull\r\n"
+    named = f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--{boundary}--\r\n'
+    body = nameless + named
+    for path in ("/predict", "/explain", "/predict/sequence"):
+        response = client.post(path, data=body.encode(), content_type=f"multipart/form-data; boundary={boundary}")
+        assert response.status_code == 400 and "field 'file'" in response.json["error"], path

@@ -61,7 +61,7 @@ def image_from_request() -> bytes:
             abort(400, "The 'image' field is not valid base64: encode the image file bytes with base64.")
     upload = request.files.get("file")
     if upload is None:
-        received = sorted(request.files) or sorted(request.form)
+        received = sorted(map(str, request.files)) or sorted(map(str, request.form))  # a part may lack a name
         named = ", ".join(name[:40] for name in received[:MAX_FIELDS_NAMED])
         more = f" and {len(received) - MAX_FIELDS_NAMED} more" if len(received) > MAX_FIELDS_NAMED else ""
         found = f" (received fields: {named}{more})" if received else ""
