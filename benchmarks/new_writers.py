@@ -23,7 +23,9 @@ import numpy as np
 import requests
 from PIL import Image
 
-from benchmarks.servers import gunicorn
+from backend.core.config import Settings
+from backend.core.store import ModelStore
+from tests.support.servers import gunicorn
 
 UPLOADED = 1200
 SIDE = 96
@@ -78,12 +80,15 @@ def batch_accuracy(url: str, images: list[bytes], labels: np.ndarray) -> tuple[f
 def main(argv: list[str] | None = None) -> int:
     """Upload new writers, wait for the job, and print the before/after figures and the job time."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model-dir", default="models")
+    parser.add_argument("--model-dir", default=None, help="model store (default: MODEL_DIR, else models/)")
+    parser.add_argument("--version", default=None, help="the version to start from (default: the active one)")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the server's)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="new-writers-"))
-    shutil.copytree(args.model_dir, work / "models")
+    shutil.copytree(args.model_dir or Settings().model_dir, work / "models")
+    if args.version:
+        ModelStore(work / "models").activate(args.version)
     images, labels = render_load_digits()
     order = np.random.default_rng(1).permutation(len(labels))
     uploaded, unseen = order[:UPLOADED], order[UPLOADED:]
@@ -118,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     result = job["result"] or {}
     mnist = (result.get("comparison") or {}).get("mnist_test") or {}
     holdout = (result.get("comparison") or {}).get("upload_holdout") or {}
+    dataset = accepted["dataset"]
+    nan = float("nan")
     print(
-        f"uploaded {accepted['dataset']['images']} images ({accepted['dataset']['holdout_images']} kept aside by the gate); "
+        f"uploaded {dataset['images']} images ({dataset['holdout_images']} kept aside by the gate); "
         f"{len(unseen)} never-uploaded images measure the result"
     )
     print(
@@ -127,11 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.get('reason', job.get('error'))}"
     )
     print(f"new writers, never uploaded  : {before:.4f} -> {after:.4f}   (bar: >= 0.95), served by {sorted(versions)}")
+    print(f"upload hold-out (gate)       : {holdout.get('active', nan):.4f} -> {holdout.get('candidate', nan):.4f}")
     print(
-        f"upload hold-out (gate)       : {holdout.get('active', float('nan')):.4f} -> {holdout.get('candidate', float('nan')):.4f}"
-    )
-    print(
-        f"official MNIST test (10,000) : {mnist.get('active', float('nan')):.4f} -> {mnist.get('candidate', float('nan')):.4f}   (bar: >= 0.991)"
+        f"official MNIST test (10,000) : {mnist.get('active', nan):.4f} -> {mnist.get('candidate', nan):.4f}"
+        "   (bar: >= 0.991)"
     )
     shutil.rmtree(work, ignore_errors=True)
     return 0 if job["status"] == "succeeded" else 1

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from backend.core.cleanup import deskew
+from backend.core.config import Settings
 from backend.core.inference import LiteModel
 from backend.core.preprocessing import (
     InvalidImageError,
@@ -58,14 +59,15 @@ def run_stem(stem: Stem, grays: list[np.ndarray], repeats: int = 3) -> tuple[np.
 def main(argv: list[str] | None = None) -> int:
     """Print the old and new stem's accuracy, identical share and cost per style and condition."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model-dir", default="models")
+    parser.add_argument("--model-dir", default=None, help="model store (default: MODEL_DIR, else models/)")
+    parser.add_argument("--version", default=None, help="the version to score (default: the active one)")
     parser.add_argument("--per-style", type=int, default=200)
     parser.add_argument("--mnist", type=int, default=1000, help="plain MNIST test arrays checked for identical output")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     mnist = load_mnist()
-    store = ModelStore(args.model_dir)
-    version = store.active_version()
+    store = ModelStore(args.model_dir or Settings().model_dir)
+    version = args.version or store.active_version()
     model = LiteModel(store.tflite_path(version), version)
 
     groups: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
@@ -76,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         groups[name].append((label, to_grayscale(decode_image(data))))
 
     print(f"model {version}; {args.per_style} MNIST test digits per style/condition ({args.mnist} plain arrays)")
-    header = f"{'style':<20} {'n':>5} {'old':>7} {'new':>7} {'old+dsk':>8} {'new+dsk':>8} {'identical':>10} {'old µs':>8} {'new µs':>8}"
+    header = (
+        f"{'style':<20} {'n':>5} {'old':>7} {'new':>7} {'old+dsk':>8} {'new+dsk':>8} {'identical':>10} "
+        f"{'old µs':>8} {'new µs':>8}"
+    )
     print(header)
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # right old, right new, images
     for name, items in groups.items():

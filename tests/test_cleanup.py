@@ -1,4 +1,4 @@
-"""The issue-17 stem steps: uneven light, ruled paper and printed boxes come out centred and whole; clean input is untouched."""
+"""The cleanup steps: uneven light, ruled paper and printed boxes come out centred and whole; clean input untouched."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from backend.core.preprocessing import (
     remove_specks,
     to_grayscale,
 )
+from backend.data.conditions import CONDITIONS, render_conditions
 from backend.data.renderings import render_set
 
 PAGE, DIGIT_SIDE = 240, 150
@@ -169,3 +170,13 @@ def test_photo_bytes_with_a_shadow_go_through(digits):
     Image.fromarray(photograph(ink, light=light)).save(buffer, format="JPEG", quality=80)
     gray = to_grayscale(decode_image(buffer.getvalue()))
     assert best_correlation(preprocess_gray(gray), preprocess_gray(photograph(ink))) > 0.9
+
+
+def test_every_condition_renders_a_photo_the_stem_centres(mnist):
+    rendered = render_conditions(mnist.x_test, mnist.y_test, per_condition=3, seed=1)
+    assert [name for name, _, _ in rendered] == [name for name in CONDITIONS for _ in range(3)]
+    assert [label for _, label, _ in rendered[:3]] == [int(y) for y in mnist.y_test[:3]]
+    for name, _, data in rendered:
+        stemmed = preprocess_gray(to_grayscale(decode_image(data)))
+        assert np.allclose(ndimage.center_of_mass(stemmed), MNIST_CENTRE, atol=1.0), name
+        assert stemmed.max() == pytest.approx(1.0), name

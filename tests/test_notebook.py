@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "notebook" / "mnist.ipynb"
@@ -26,6 +27,7 @@ def figure_count(notebook: nbformat.NotebookNode) -> int:
     return sum("image/png" in output.get("data", {}) for output in code_outputs(notebook))
 
 
+@pytest.mark.e2e
 def test_fast_run_executes_and_draws_figures(tmp_path: Path) -> None:
     """NOTEBOOK_FAST=1 runs the notebook top to bottom headless, without errors, drawing at least 5 figures."""
     executed = tmp_path / "mnist-fast.ipynb"

@@ -1,4 +1,5 @@
-"""Training: a tiny run writes a complete version; seeds make runs repeatable; fine-tuning records its parent."""
+"""Training: a tiny run writes a complete version; seeds make runs repeatable; fine-tuning records its parent;
+the augmentation degrades digits the way real paper does."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 from backend.core.store import ModelStore, VersionNotFoundError
+from backend.data.conditions import CONDITIONS
+from backend.data.renderings import STYLES
+from backend.training.model import DEGRADED_SHARE, UNTOUCHED_SHARE, Degrade, build_augmenter
 from backend.training.train import TrainingConfig, main, train_and_publish
 
 
@@ -44,6 +48,7 @@ def test_litert_export_matches_keras(trained_store, tiny_data):
     assert np.allclose(lite.predict(images[:1]), lite.predict(images)[:1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(tmp_path, tiny_data):
     store = ModelStore(tmp_path)
     config = TrainingConfig(epochs=1, batch_size=64, seed=7)
@@ -52,6 +57,7 @@ def test_same_seed_same_model(tmp_path, tiny_data):
     assert store.metadata(first)["history"] == store.metadata(second)["history"]
 
 
+@pytest.mark.slow
 def test_fine_tune_records_parent(trained_store, tiny_data):
     parent = trained_store.active_version()
     child = train_and_publish(
@@ -68,11 +74,40 @@ def test_unknown_start_version(tmp_path, tiny_data):
         train_and_publish(ModelStore(tmp_path), tiny_data, TrainingConfig(epochs=1), start_from="missing")
 
 
-def test_cli_trains_activates_and_evaluates(tmp_path, capsys):
+def test_augmenter_is_seeded_and_degrades_a_share_of_images(tiny_data):
+    images = tiny_data.x_train[:256]
+    first = np.asarray(build_augmenter(3)(images, training=True))
+    assert first.shape == images.shape and first.min() >= 0.0 and first.max() <= 1.0
+    assert np.array_equal(first, np.asarray(build_augmenter(3)(images, training=True)))
+    untouched = np.all(first == images, axis=(1, 2, 3))
+    assert abs(untouched.mean() - UNTOUCHED_SHARE) < 0.1  # the stem's sharp digits stay in the training mix
+    degrade = Degrade(5)
+    assert np.array_equal(np.asarray(degrade(images, training=False)), images)
+    changed = np.abs(np.asarray(degrade(images, training=True)) - images).max(axis=(1, 2, 3)) > 1e-3
+    untouched = (1 - DEGRADED_SHARE) ** 4  # four degradations, each drawn for its own share of the batch
+    assert abs(changed.mean() - (1 - untouched)) < 0.12
+
+
+def test_degradations_thicken_thin_and_lighten_strokes(tiny_data):
+    images = tiny_data.x_train[:256]
+    out = np.asarray(Degrade(11)(images, training=True))
+    ink_before, ink_after = images.sum(axis=(1, 2, 3)), out.sum(axis=(1, 2, 3))
+    assert (ink_after > ink_before * 1.2).any()  # marker-thick strokes
+    assert (ink_after < ink_before * 0.8).any()  # fine pens and light pencil
+    peaks = out.max(axis=(1, 2, 3))
+    assert peaks.min() < 0.9 and np.median(peaks) > 0.95  # a light stroke here and there, most ink stays saturated
+
+
+@pytest.mark.slow
+def test_cli_trains_activates_and_evaluates(tmp_path, capsys, monkeypatch):
     from backend import evaluate
 
-    assert main(["--epochs", "1", "--limit", "200", "--test-limit", "100", "--model-dir", str(tmp_path)]) == 0
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))  # the CLI's store comes from the settings, not the cwd
+    assert main(["--epochs", "1", "--limit", "200", "--test-limit", "100", "--realworld-per-style", "3"]) == 0
     store = ModelStore(tmp_path)
+    realworld = store.metadata(store.versions()[0])["holdout_metrics"]
+    assert set(realworld) == {f"realworld:{name}" for name in (*STYLES, *CONDITIONS)}
+    assert all(figures["examples"] == 3 and 0 <= figures["accuracy"] <= 1 for figures in realworld.values())
     assert store.active_version() == store.versions()[0]
     capsys.readouterr()
     assert evaluate.main(["--model-dir", str(tmp_path)]) == 0
