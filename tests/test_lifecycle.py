@@ -279,3 +279,40 @@ def test_epoch_limits_are_documented_from_one_definition(job_client):
     assert str(DEFAULT_EPOCHS["upload"]) in spec["ZipUpload"]["properties"]["epochs"]["description"]
     assert spec["Job"]["properties"]["status"]["enum"] == list(STATUSES)
     assert job_client.post("/retrain", json={"epochs": MAX_EPOCHS + 1}, headers=AUTH).status_code == 400
+
+
+@pytest.mark.slow
+def test_a_cancel_landing_as_the_candidate_is_renamed_into_place_withdraws_it(
+    tmp_path, trained_store, tiny_mnist_path, monkeypatch
+):
+    from backend.core import store as store_module
+    from backend.core.config import Settings
+    from backend.data.jobs import JobCancelled
+    from backend.training.pipeline import execute
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_store.root, models)
+    monkeypatch.setenv("MNIST_PATH", str(tiny_mnist_path))
+    settings = Settings(model_dir=models, data_dir=tmp_path / "data")
+    jobs = JobStore(settings.data_dir)
+    job = jobs.create("retrain", {"from": "active", "epochs": 1}, 1)
+    # A live process that looks like the runner, so the job is not reaped as dead while this test runs it.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", RUNNER_MODULE])
+    assert jobs.start(job["id"], stand_in.pid)
+    real_fsync_dir, landed = store_module.fsync_dir, []
+
+    def cancel_after_the_rename(path) -> None:
+        real_fsync_dir(path)
+        if path == models and not landed:  # publish flushes the store folder right after the rename
+            landed.append(path)
+            raise JobCancelled()
+
+    monkeypatch.setattr(store_module, "fsync_dir", cancel_after_the_rename)
+    before = ModelStore(models).versions()
+    try:
+        with pytest.raises(JobCancelled):
+            execute(jobs.get(job["id"]), jobs, settings)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert landed and ModelStore(models).versions() == before

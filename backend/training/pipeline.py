@@ -149,15 +149,22 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
     say(f"training {len(data.y_train)} images for {epochs} epochs from {start_from}")
     if not jobs.update(job_id, epochs=epochs):
         raise JobCancelled()
-    candidate = train_and_publish(
-        store,
-        data,
-        TrainingConfig(epochs=epochs, seed=int(params.get("seed", 42))),
-        start_from=start_from,
-        on_epoch=on_epoch,
-        verbose=0,
-        extra_metadata={"job": job_id},
-    )
+    candidate = store.new_version_id()  # named up front, so a cancel landing mid-publish can withdraw it
+    try:
+        train_and_publish(
+            store,
+            data,
+            TrainingConfig(epochs=epochs, seed=int(params.get("seed", 42))),
+            start_from=start_from,
+            on_epoch=on_epoch,
+            verbose=0,
+            extra_metadata={"job": job_id},
+            version=candidate,
+        )
+    except JobCancelled:
+        with uninterrupted():
+            store.remove(candidate)  # a no-op unless the rename into place had already happened
+        raise
     with uninterrupted():  # from here a cancel is seen by conclude(), never half-way through a step
         result = _judge(store, candidate, active_version, data, settings, say)
         promote = None

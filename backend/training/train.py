@@ -199,8 +199,9 @@ def train_and_publish(
     on_epoch: EpochCallback | None = None,
     verbose: int = 1,
     extra_metadata: dict[str, Any] | None = None,
+    version: str | None = None,
 ) -> str:
-    """Train (from scratch or a version), export Keras and LiteRT files, and publish a new version."""
+    """Train (from scratch or a version), export Keras and LiteRT files, publish them as `version` (default: new)."""
     import keras
     import tensorflow as tf
 
@@ -249,7 +250,7 @@ def train_and_publish(
         },
         **(extra_metadata or {}),
     }
-    return store.publish(store.new_version_id(), write_files, metadata)
+    return store.publish(version or store.new_version_id(), write_files, metadata)
 
 
 def main(argv: list[str] | None = None) -> int:
