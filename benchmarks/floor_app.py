@@ -14,13 +14,11 @@ import os
 import numpy as np
 from flask import Flask, request
 
-from backend.core.inference import LiteModel
+from backend.core.inference import NUM_CLASSES, LiteModel
 from backend.core.preprocessing import preprocess_bytes
 from backend.core.store import ModelStore
 from backend.web.api.predict import prediction
 from benchmarks import bare_app
-
-DIGITS = 10  # not backend.training.model.NUM_CLASSES: importing that module loads TensorFlow into the workers
 
 
 def create_app(model_dir: str | None = None, run_model: bool = True) -> Flask:
@@ -28,7 +26,7 @@ def create_app(model_dir: str | None = None, run_model: bool = True) -> Flask:
     store = ModelStore(model_dir or os.environ.get("MODEL_DIR", "models"))
     version = store.active_version()
     model = LiteModel(store.tflite_path(version), version)
-    fixed_answer = np.full((1, DIGITS), 1 / DIGITS, dtype=np.float32)
+    fixed_answer = np.full((1, NUM_CLASSES), 1 / NUM_CLASSES, dtype=np.float32)
     app = Flask(__name__)
 
     @app.post("/predict")

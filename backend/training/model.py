@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from backend.core.inference import INPUT_SHAPE, NUM_CLASSES
+
 DROPOUT = 0.3
 DENSE_UNITS = 256
 MAX_ROTATION = 10 / 360  # as a fraction of a full turn
