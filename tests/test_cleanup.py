@@ -17,14 +17,13 @@ from backend.core.cleanup import (
 from backend.core.preprocessing import (
     MNIST_CENTRE,
     decode_image,
-    digit_from_ink,
     ink_map,
     preprocess_gray,
-    remove_specks,
     to_grayscale,
 )
 from backend.data.conditions import CONDITIONS, render_conditions
 from backend.data.renderings import render_set
+from benchmarks.stem_conditions import uncleaned
 
 PAGE, DIGIT_SIDE = 240, 150
 PAPER, INK = 235.0, 30.0
@@ -64,11 +63,6 @@ def photograph(
 def digits(mnist) -> list[np.ndarray]:
     """A few MNIST test digits of different shapes: 7, 2, 1, 0, 4."""
     return [mnist.x_test[i] for i in range(5)]
-
-
-def uncleaned(gray: np.ndarray) -> np.ndarray:
-    """The stem without the cleanup steps, as it was before them."""
-    return digit_from_ink(remove_specks(ink_map(gray)))
 
 
 def best_correlation(a: np.ndarray, b: np.ndarray) -> float:
