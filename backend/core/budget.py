@@ -50,12 +50,6 @@ def start(seconds: float | None) -> None:
     _deadline.set(None if seconds is None else time.monotonic() + seconds)
 
 
-def remaining() -> float | None:
-    """Return the seconds left before the current deadline, or None without one."""
-    deadline = _deadline.get()
-    return None if deadline is None else deadline - time.monotonic()
-
-
 def check(step: str) -> None:
     """Raise BudgetExceeded if the current request is past its deadline; `step` names the work abandoned."""
     deadline = _deadline.get()
