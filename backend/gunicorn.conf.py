@@ -60,6 +60,20 @@ def post_fork(server, worker) -> None:
         pass
 
 
+def post_worker_init(worker) -> None:
+    """Report the worker in GET /fleet, and keep it on the active version while it has no requests."""
+    from backend.web.app import follow_fleet
+
+    follow_fleet(worker.wsgi)
+
+
+def worker_exit(server, worker) -> None:
+    """Leave the fleet list at a clean exit (a killed worker drops out once it is no longer heard from)."""
+    from backend.web.app import leave_fleet
+
+    leave_fleet(worker.wsgi)
+
+
 def child_exit(server, worker) -> None:
     """Drop a dead worker's live gauges from the metrics."""
     from prometheus_client import multiprocess

@@ -55,7 +55,7 @@ def test_status_changes_are_compare_and_set(tmp_path):
     assert jobs.update(job["id"], epoch=1) is False
     assert jobs.finish(job["id"], "failed", error="late") is False
     assert (
-        jobs.conclude(job["id"], {"promoted": True}, promote=lambda: pytest.fail("activated a cancelled job")) is False
+        jobs.conclude(job["id"], {"promoted": True}, promote=lambda _: pytest.fail("activated a cancelled job")) is False
     )
     ended = jobs.get(job["id"])
     assert ended["status"] == CANCELLED and ended["started"] is None and ended["epoch"] == 0
@@ -68,7 +68,7 @@ def test_cancel_after_promotion_says_so(tmp_path):
     assert jobs.start(job["id"], 12345)
     activated = []
     result = {"promoted": True, "candidate": "v2", "previous": "v1"}
-    assert jobs.conclude(job["id"], result, promote=lambda: activated.append("v2")) is True
+    assert jobs.conclude(job["id"], result, promote=lambda _: activated.append("v2")) is True
     assert activated == ["v2"]
     with pytest.raises(JobAlreadyEndedError, match="promoted version v2.*POST /models/v1/activate"):
         jobs.cancel(job["id"])
@@ -83,7 +83,7 @@ def test_cancel_waits_for_an_activation_in_progress(tmp_path):
     jobs.start(job["id"], 12345)
     activating, outcome = threading.Event(), {}
 
-    def slow_activation() -> None:
+    def slow_activation(_connection) -> None:
         activating.set()
         time.sleep(0.5)
 

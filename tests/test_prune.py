@@ -171,7 +171,7 @@ def test_succeeded_job_versions_are_pruned_only_by_age(tmp_path):
     models, jobs = ModelStore(tmp_path / "models"), JobStore(tmp_path / "data")
     job = jobs.create("retrain", {}, 1)
     jobs.start(job["id"], 1)
-    jobs.conclude(job["id"], {"promoted": True}, lambda: None)
+    jobs.conclude(job["id"], {"promoted": True}, lambda _: None)
     assert jobs.get(job["id"])["status"] == SUCCEEDED
     for version in ("a1", "a2"):
         models.publish(version, write_dummy_model, {"parent": None, "job": job["id"]})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MAX_IMAGE_PIXELS = 12_000_000  # a 12 MP phone photo; anything larger is refused from its header
+DEFAULT_JOB_HEARTBEAT_TIMEOUT_SECONDS = 30.0  # a running job whose process has not beaten for this long has died
 
 
 def _env_int(name: str, default: int) -> int:
@@ -34,6 +35,11 @@ class Settings:
 
     model_dir: Path = field(default_factory=lambda: _env_path("MODEL_DIR", REPO_ROOT / "models"))
     data_dir: Path = field(default_factory=lambda: _env_path("DATA_DIR", REPO_ROOT / "data"))
+    database_url: str | None = field(default_factory=lambda: os.environ.get("DATABASE_URL") or None)
+    redis_url: str | None = field(default_factory=lambda: os.environ.get("REDIS_URL") or None)
+    job_heartbeat_timeout: float = field(
+        default_factory=lambda: _env_float("JOB_HEARTBEAT_TIMEOUT_SECONDS", DEFAULT_JOB_HEARTBEAT_TIMEOUT_SECONDS)
+    )
     mnist_path: str | None = field(default_factory=lambda: os.environ.get("MNIST_PATH") or None)
     admin_token: str | None = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or None)
     max_upload_mb: float = field(default_factory=lambda: _env_float("MAX_UPLOAD_MB", 16.0))
@@ -44,7 +50,11 @@ class Settings:
     heavy_image_pixels: int = field(default_factory=lambda: _env_int("HEAVY_IMAGE_PIXELS", 2_000_000))
     feedback_max_mb: float = field(default_factory=lambda: _env_float("FEEDBACK_MAX_MB", 200.0))
     feedback_rate_limit: str = field(default_factory=lambda: os.environ.get("FEEDBACK_RATE_LIMIT", "30 per minute"))
-    ratelimit_storage_uri: str = field(default_factory=lambda: os.environ.get("RATELIMIT_STORAGE_URI", "memory://"))
+    # A fleet counts each client once across replicas, in its Redis; one host counts per worker process.
+    ratelimit_storage_uri: str = field(
+        default_factory=lambda: os.environ.get("RATELIMIT_STORAGE_URI") or os.environ.get("REDIS_URL") or "memory://"
+    )
+    trusted_proxies: int = field(default_factory=lambda: _env_int("TRUSTED_PROXIES", 0))
     log_level: str = field(default_factory=lambda: os.environ.get("LOG_LEVEL", "INFO").upper())
     log_format: str = field(default_factory=lambda: os.environ.get("LOG_FORMAT", "text").lower())
     gate_max_mnist_drop: float = field(default_factory=lambda: _env_float("GATE_MAX_MNIST_DROP", 0.003))

@@ -1,4 +1,4 @@
-"""The versioned model store: one folder per version and an atomically swapped ACTIVE pointer.
+"""The versioned model store: one folder per version and an active pointer moved by compare-and-set.
 
     models/
       ACTIVE                     # the active version id, replaced with os.replace
@@ -11,6 +11,9 @@ A version is written into a hidden `.incoming-*` folder, fsynced, and renamed in
 it is complete, so a reader never sees half a version, even after a power cut. Paths inside the
 store are relative. metadata.json records each model file's size and sha256, so a damaged file is
 caught before it is activated.
+
+The pointer is the ACTIVE file on a single host; a fleet keeps it in the database
+(backend.data.fleet.DatabasePointer), since a shared filesystem caches file attributes for seconds.
 
 Removing versions (`ModelStore.prune`) takes the same lock as activation; the retention policy
 that decides what to remove lives in backend.data.retention.
@@ -26,11 +29,12 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import EllipsisType
+from typing import Any, Protocol
 
 from backend.core.fileio import atomic_write_bytes, atomic_write_json, fsync_dir
 
@@ -43,6 +47,10 @@ REMOVING_PREFIX = ".removing-"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_FILES = (KERAS_FILE, TFLITE_FILE)
 REQUIRED_FILES = (*MODEL_FILES, METADATA_FILE)
+
+
+class ActivationConflictError(RuntimeError):
+    """Another activation changed the active version between reading it and replacing it."""
 
 
 class VersionNotFoundError(LookupError):
@@ -80,11 +88,55 @@ def process_running(pid: int) -> bool:
     return True
 
 
+class ActivePointer(Protocol):
+    """Where the active version id is kept: the ACTIVE file on one host, a database row in a fleet."""
+
+    def read(self) -> str | None:
+        """Return the active version id, or None when nothing is active yet."""
+
+    def stamp(self) -> Hashable:
+        """Return a cheap fingerprint that changes on every activation (read on every request)."""
+
+    def swap(self, version: str, expected: str | None | EllipsisType = ..., connection: Any = None) -> None:
+        """Make `version` active if the active version is still `expected` (any, for ...), else raise
+        ActivationConflictError; `connection` is a database transaction to take part in, if any."""
+
+
+class FilePointer:
+    """The single-host pointer: a file replaced with one atomic os.replace, read with one os.stat per request."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ACTIVE_FILE
+
+    def read(self) -> str | None:
+        """Return the version the file names."""
+        try:
+            version = self.path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return version or None
+
+    def stamp(self) -> tuple[int, int] | None:
+        """Return the file's inode and mtime, which change on every replace."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def swap(self, version: str, expected: str | None | EllipsisType = ..., connection: Any = None) -> None:
+        """Replace the file; the caller holds the store's lock, so the check and the write cannot interleave."""
+        if expected is not ... and self.read() != expected:
+            raise ActivationConflictError(f"the active version changed from {expected} to {self.read()} meanwhile")
+        atomic_write_bytes(self.path, f"{version}\n".encode())
+
+
 class ModelStore:
     """Read, publish and activate model versions under one root folder."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, pointer: ActivePointer | None = None) -> None:
         self.root = Path(root)
+        self.pointer = pointer or FilePointer(self.root)
 
     @staticmethod
     def new_version_id() -> str:
@@ -131,19 +183,11 @@ class ModelStore:
 
     def active_version(self) -> str | None:
         """Return the active version id, or None when nothing is active yet."""
-        try:
-            version = (self.root / ACTIVE_FILE).read_text().strip()
-        except FileNotFoundError:
-            return None
-        return version or None
+        return self.pointer.read()
 
-    def active_stamp(self) -> tuple[int, int] | None:
-        """Return a cheap fingerprint of the ACTIVE pointer that changes on every activation."""
-        try:
-            stat = os.stat(self.root / ACTIVE_FILE)
-        except FileNotFoundError:
-            return None
-        return stat.st_ino, stat.st_mtime_ns
+    def active_stamp(self) -> Hashable:
+        """Return a cheap fingerprint of the active pointer that changes on every activation."""
+        return self.pointer.stamp()
 
     def publish(self, version: str, write_files: Callable[[Path], dict | None], metadata: dict[str, Any]) -> str:
         """Write a version into a hidden folder via `write_files`, then rename it into place.
@@ -172,12 +216,12 @@ class ModelStore:
             raise
         return version
 
-    def activate(self, version: str) -> None:
-        """Point ACTIVE at a complete version with one atomic os.replace."""
+    def activate(self, version: str, expected: str | None | EllipsisType = ..., connection: Any = None) -> None:
+        """Point the active pointer at a complete version, if it still names `expected` (compare-and-set)."""
         with self._exclusive():  # a prune cannot remove the version between the check and the write
             if not self.is_complete(version):
                 raise VersionNotFoundError(f"Model version {version!r} does not exist or is incomplete.")
-            atomic_write_bytes(self.root / ACTIVE_FILE, f"{version}\n".encode())
+            self.pointer.swap(version, expected, connection)
 
     def check_files(self, version: str) -> None:
         """Raise CorruptVersionError unless each model file matches the size and sha256 metadata.json recorded.

@@ -6,8 +6,8 @@ The same picture with the same label is stored once (dedupe on the hash of those
 total stored bytes are capped (FEEDBACK_MAX_MB). Nothing is trained on until an admin accepts it:
 every record has a review status, and `as_dataset` returns accepted records only.
 
-Records live in SQLite under DATA_DIR and images under DATA_DIR/feedback/. Databases made before
-the review state are migrated in place; their images, stored as sent, still go through the stem.
+Records live in the service's database (backend.data.db) and images under DATA_DIR/feedback/.
+Records from before the review state keep their images as sent, which still go through the stem.
 The export is a ZIP in the same 0/…9/ layout that /upload_and_retrain takes, written as a stream.
 """
 
@@ -16,21 +16,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 import uuid
 import zipfile
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
 
 from backend.core.fileio import atomic_write_bytes
 from backend.core.preprocessing import MNIST_SIDE, preprocess_bytes
-from backend.core.sqlite import connect
+from backend.data import db
 from backend.data.datasets import UploadedDataset
+from backend.data.db import feedback as table
 from backend.data.jobs import now
 
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
@@ -43,25 +44,7 @@ MAX_FILENAME_CHARS = 128  # an upload's file name, kept only as a note
 EXPORT_CHUNK = 64 * 1024
 MANIFEST = "feedback.json"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    id TEXT PRIMARY KEY,
-    created TEXT NOT NULL,
-    label INTEGER NOT NULL,
-    predicted INTEGER,
-    model_version TEXT,
-    filename TEXT,
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL
-)
-"""
-# Columns added after the first release: new and old databases get them the same way, in place.
-ADDED_COLUMNS = {
-    "status": f"TEXT NOT NULL DEFAULT '{PENDING}'",
-    "bytes": "INTEGER NOT NULL DEFAULT 0",
-    "stored": f"TEXT NOT NULL DEFAULT '{STORED_AS_SENT}'",
-}
-CONTENT_INDEX = "CREATE INDEX IF NOT EXISTS feedback_content ON feedback (sha256, label)"
+QUOTA_LOCK_ID = 1_950_215_472  # PostgreSQL: concurrent adds check for duplicates and the quota one at a time
 
 
 class FeedbackQuotaError(Exception):
@@ -98,6 +81,11 @@ def content_hash(model_input: np.ndarray) -> str:
     return hashlib.sha256(_levels(model_input).tobytes()).hexdigest()
 
 
+def _record(row: RowMapping) -> dict[str, Any]:
+    """Return a row as a feedback record (without the table's internal insertion order)."""
+    return {key: value for key, value in row.items() if key != "seq"}
+
+
 def _note(text: str | None) -> str | None:
     """Keep a client's file name as a short printable note (it is shown, never used as a path)."""
     kept = "".join(ch for ch in text or "" if ch.isprintable())[:MAX_FILENAME_CHARS]
@@ -129,33 +117,11 @@ class _Chunks(io.RawIOBase):
 class FeedbackStore:
     """Feedback records, their images and their review state."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, database_url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.image_dir = self.data_dir / "feedback"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.data_dir / "feedback.sqlite3"
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Create the table, or bring an older one up to date; safe when several workers start at once."""
-        with closing(connect(self.path)) as db:
-            db.execute("BEGIN IMMEDIATE")  # one worker migrates, the others then find nothing to do
-            try:
-                db.execute(SCHEMA)
-                present = {row["name"] for row in db.execute("PRAGMA table_info(feedback)")}
-                missing = [name for name in ADDED_COLUMNS if name not in present]
-                for name in missing:
-                    db.execute(f"ALTER TABLE feedback ADD COLUMN {name} {ADDED_COLUMNS[name]}")
-                if "bytes" in missing:  # older records count towards the quota with their real size
-                    for row in db.execute("SELECT id, path FROM feedback").fetchall():
-                        file = self.image_dir / row["path"]
-                        size = file.stat().st_size if file.exists() else 0
-                        db.execute("UPDATE feedback SET bytes = ? WHERE id = ?", (size, row["id"]))
-                db.execute(CONTENT_INDEX)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        self.engine = db.engine(db.database_url(self.data_dir, database_url))
 
     def add(
         self,
@@ -186,76 +152,72 @@ class FeedbackStore:
         }
         record["path"] = f"{record['id']}.png"
         file = self.image_dir / record["path"]
-        with closing(connect(self.path)) as db:
-            db.execute("BEGIN IMMEDIATE")  # the duplicate and quota checks hold until the insert
-            try:
-                existing = self._find(db, record["sha256"], record["label"])
+        try:
+            with db.write(self.engine) as connection:  # the duplicate and quota checks hold until the insert
+                if connection.dialect.name == "postgresql":
+                    connection.execute(select(func.pg_advisory_xact_lock(QUOTA_LOCK_ID)))
+                existing = self._find(connection, record["sha256"], record["label"])
                 if existing is not None:
-                    db.execute("ROLLBACK")
                     return existing, False
-                used = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM feedback").fetchone()[0]
+                used = connection.execute(select(func.coalesce(func.sum(table.c.bytes), 0))).scalar()
                 if max_bytes is not None and used + len(png) > max_bytes:
                     raise FeedbackQuotaError(
                         f"Feedback storage is full ({used:,} of {max_bytes:,} bytes, FEEDBACK_MAX_MB): "
                         "nothing was stored. Try again after an admin has reviewed and cleared feedback."
                     )
                 atomic_write_bytes(file, png)
-                db.execute(
-                    "INSERT INTO feedback (id, created, label, predicted, model_version, filename, path, sha256, "
-                    "status, bytes, stored) VALUES (:id, :created, :label, :predicted, :model_version, :filename, "
-                    ":path, :sha256, :status, :bytes, :stored)",
-                    record,
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                file.unlink(missing_ok=True)
-                raise
+                connection.execute(insert(table).values(**record))
+        except BaseException:
+            file.unlink(missing_ok=True)
+            raise
         return record, True
 
     @staticmethod
-    def _find(db: sqlite3.Connection, sha256: str, label: int) -> dict[str, Any] | None:
+    def _find(connection: Connection, sha256: str, label: int) -> dict[str, Any] | None:
         """Return the stored model input with these pixels and label, if any."""
-        row = db.execute(
-            "SELECT * FROM feedback WHERE sha256 = ? AND label = ? AND stored = ? ORDER BY rowid LIMIT 1",
-            (sha256, label, STORED_MODEL_INPUT),
-        ).fetchone()
-        return dict(row) if row else None
+        row = (
+            connection.execute(
+                select(table)
+                .where(table.c.sha256 == sha256, table.c.label == label, table.c.stored == STORED_MODEL_INPUT)
+                .order_by(table.c.seq)
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        return _record(row) if row else None
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         """Return one record, or None if there is no such id."""
-        with closing(connect(self.path)) as db:
-            row = db.execute("SELECT * FROM feedback WHERE id = ?", (record_id,)).fetchone()
-        return dict(row) if row else None
+        with db.read(self.engine) as connection:
+            row = connection.execute(select(table).where(table.c.id == record_id)).mappings().first()
+        return _record(row) if row else None
 
     def list(self, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Return every record (or those with one review status, or the first `limit`), oldest first."""
-        query, args = "SELECT * FROM feedback", []
+        query = select(table).order_by(table.c.created, table.c.seq).limit(limit)
         if status is not None:
-            query, args = query + " WHERE status = ?", [status]
-        query += " ORDER BY created, rowid"
-        if limit is not None:
-            query, args = query + " LIMIT ?", [*args, limit]
-        with closing(connect(self.path)) as db:
-            return [dict(row) for row in db.execute(query, args)]
+            query = query.where(table.c.status == status)
+        with db.read(self.engine) as connection:
+            return [_record(row) for row in connection.execute(query).mappings()]
 
     def counts(self) -> dict[str, int]:
         """Return how many records are in each review status."""
-        with closing(connect(self.path)) as db:
-            found = dict(db.execute("SELECT status, COUNT(*) FROM feedback GROUP BY status").fetchall())
+        with db.read(self.engine) as connection:
+            found = dict(connection.execute(select(table.c.status, func.count()).group_by(table.c.status)).all())
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
     def used_bytes(self) -> int:
         """Return the bytes of every stored feedback image: what FEEDBACK_MAX_MB caps."""
-        with closing(connect(self.path)) as db:
-            return int(db.execute("SELECT COALESCE(SUM(bytes), 0) FROM feedback").fetchone()[0])
+        with db.read(self.engine) as connection:
+            return int(connection.execute(select(func.coalesce(func.sum(table.c.bytes), 0))).scalar())
 
     def review(self, record_id: str, status: str) -> dict[str, Any] | None:
         """Set a record's review status; return the updated record, or None if there is no such id."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
-        with closing(connect(self.path)) as db:
-            db.execute("UPDATE feedback SET status = ? WHERE id = ?", (status, record_id))
+        with db.write(self.engine) as connection:
+            connection.execute(update(table).where(table.c.id == record_id).values(status=status))
         return self.get(record_id)
 
     def model_input(self, record: dict[str, Any]) -> np.ndarray:

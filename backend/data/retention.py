@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from backend.core.config import Settings
 from backend.core.store import ModelStore
+from backend.data.fleet import model_store
 from backend.data.jobs import CANCELLED, FAILED, REJECTED, UNFINISHED, JobStore
 
 DEFAULT_KEEP = 5  # versions kept by prune besides the active one and its parent
@@ -68,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.keep < 0 or args.log_days < 0 or args.incoming_minutes < 0:
         parser.error("--keep, --log-days and --incoming-minutes must not be negative")
+    settings = replace(settings, model_dir=args.model_dir, data_dir=args.data_dir)
     removed = prune(
-        ModelStore(args.model_dir), JobStore(args.data_dir), args.keep, args.log_days, args.incoming_minutes
+        model_store(settings), JobStore.from_settings(settings), args.keep, args.log_days, args.incoming_minutes
     )
     print(json.dumps(removed, indent=2))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from backend.core.config import Settings
 from backend.core.store import ModelStore, VersionNotFoundError
+from backend.data.fleet import model_store
 from backend.data.mnist import NUM_CLASSES, DatasetUnavailableError, load_mnist, stemmed
 
 MISCLASSIFIED_KEPT = 50
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="include per-class metrics and the confusion matrix")
     args = parser.parse_args(argv)
 
-    store = ModelStore(args.model_dir)
+    store = model_store(replace(settings, model_dir=args.model_dir))
     version = args.version or store.active_version()
     if version is None:
         print(f"error: no active model in {store.root}; train one with python -m backend.train", file=sys.stderr)

@@ -20,8 +20,9 @@ import numpy as np
 
 from backend.core.config import Settings
 from backend.core.inference import LiteModel, verify_version
-from backend.core.store import ModelStore
+from backend.core.store import ActivationConflictError, ModelStore
 from backend.data.datasets import list_datasets, load_uploaded
+from backend.data.fleet import model_store
 from backend.data.jobs import JobCancelled, JobStore, default_epochs, uninterrupted
 from backend.data.mnist import class_counts, load_mnist, stemmed
 from backend.training.evaluate import accuracy
@@ -124,7 +125,7 @@ def gate(active: dict[str, float] | None, candidate: dict[str, float], max_mnist
 def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = None) -> dict[str, Any]:
     """Run a retraining job end to end and return its result (promotion decision and metrics)."""
     settings = settings or Settings()
-    store = ModelStore(settings.model_dir)
+    store = model_store(settings)
     params = job["params"]
     job_id = job["id"]
 
@@ -170,8 +171,15 @@ def execute(job: dict[str, Any], jobs: JobStore, settings: Settings | None = Non
         promote = None
         if result["promoted"]:
             verify_version(store, candidate)  # the same check POST /models/<v>/activate makes
-            promote = lambda: store.activate(candidate)  # noqa: E731
-        if not jobs.conclude(job_id, result, promote):
+            # only over the version it was judged against: an activation meanwhile makes the verdict stale
+            promote = lambda connection: store.activate(candidate, active_version, connection)  # noqa: E731
+        try:
+            concluded = jobs.conclude(job_id, result, promote)
+        except ActivationConflictError as exc:
+            result = {**result, "promoted": False, "active": store.active_version(), "reason": f"not promoted: {exc}"}
+            say(f"candidate {candidate}: {result['reason']}")
+            concluded = jobs.conclude(job_id, result, None)
+        if not concluded:
             store.remove(candidate)
             say(f"cancelled before its verdict; candidate {candidate} withdrawn, the active model is unchanged")
     return result

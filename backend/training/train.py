@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 from backend.core.config import Settings
 from backend.core.inference import LiteModel
 from backend.core.store import KERAS_FILE, TFLITE_FILE, ModelStore, VersionNotFoundError
+from backend.data.fleet import model_store
 from backend.data.jobs import DEFAULT_EPOCHS as EPOCHS_BY_START
 from backend.data.mnist import (
     DatasetUnavailableError,
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    store = ModelStore(args.model_dir or Settings().model_dir)
+    settings = Settings()
+    store = model_store(replace(settings, model_dir=Path(args.model_dir)) if args.model_dir else settings)
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,15 @@ from flask import Response, current_app, request, send_from_directory
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backend.core import budget
 from backend.core.config import Settings
 from backend.core.inference import ActiveModel, ReloadEvent
-from backend.core.store import ModelStore
 from backend.data.feedback import FeedbackStore
+from backend.data.fleet import Replicas, follow, model_store
 from backend.data.jobs import JobStore
-from backend.web.api import extras, feedback, mnist, models, predict, training
+from backend.web.api import extras, feedback, fleet, mnist, models, predict, training
 from backend.web.api.auth import ensure_admin_token
 from backend.web.api.schemas import ERROR_SPEC
 from backend.web.api.services import Services
@@ -80,16 +82,22 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     app.config["DATA_DIR"] = Path(app.config["DATA_DIR"])
     app.config["ADMIN_TOKEN"] = ensure_admin_token(app.config["DATA_DIR"], app.config["ADMIN_TOKEN"])
 
-    store = ModelStore(app.config["MODEL_DIR"])
-    jobs = JobStore(app.config["DATA_DIR"])
+    settings = Settings(**{name: app.config[name.upper()] for name in Settings.__dataclass_fields__})
+    settings.model_dir, settings.data_dir = Path(settings.model_dir), Path(settings.data_dir)
+    store = model_store(settings)
+    jobs = JobStore.from_settings(settings)
     jobs.reap_dead()  # a job whose process died while the server was down is marked failed
     app.extensions["digit_lab"] = Services(
         store=store,
         model=ActiveModel(store, on_reload=_note_reload, on_load_failure=lambda failure: LOAD_FAILURES.inc()),
         jobs=jobs,
-        feedback=FeedbackStore(app.config["DATA_DIR"]),
+        feedback=FeedbackStore(settings.data_dir, settings.database_url),
+        replicas=Replicas(jobs.engine),
     )
-    for blueprint in (predict.bp, models.bp, training.bp, extras.bp, feedback.bp, mnist.bp):
+    if app.config["TRUSTED_PROXIES"]:  # behind nginx: the client is the one X-Forwarded-For names
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    for blueprint in (predict.bp, models.bp, training.bp, extras.bp, feedback.bp, mnist.bp, fleet.bp):
         app.register_blueprint(blueprint)
     feedback.init_rate_limit(app)
     init_request_metrics(app)
@@ -97,6 +105,21 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     _register_error_handling(app)
     _serve_swagger_assets(app)
     return app
+
+
+def follow_fleet(app: APIFlask) -> None:
+    """Start this worker's fleet thread: it reports the worker in GET /fleet and picks up activations while idle."""
+    state = app.extensions["digit_lab"]
+    stop = threading.Event()
+    app.extensions["digit_lab_fleet"] = stop, follow(state.model, state.replicas, stop)
+
+
+def leave_fleet(app: APIFlask) -> None:
+    """Stop this worker's fleet thread, which takes the worker off the list."""
+    if "digit_lab_fleet" in app.extensions:
+        stop, thread = app.extensions["digit_lab_fleet"]
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _register_budget(app: APIFlask) -> None:

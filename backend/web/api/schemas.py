@@ -240,6 +240,9 @@ class Job(Schema):
     log = fields.List(fields.String())
     result = fields.Dict(allow_none=True)
     error = fields.String(allow_none=True)
+    worker = fields.String(
+        allow_none=True, metadata={"description": "host:pid of the process that ran the job; null until it starts."}
+    )
 
 
 class JobList(Schema):
@@ -253,6 +256,41 @@ class Activation(Schema):
 
     active = fields.String(required=True)
     previous = fields.String(allow_none=True)
+
+
+class Replica(Schema):
+    """One API worker of the fleet, as it last reported itself."""
+
+    id = fields.String(required=True, metadata={"description": "host:pid"})
+    host = fields.String(required=True)
+    pid = fields.Integer(required=True)
+    version = fields.String(allow_none=True, required=True, metadata={"description": "The model version it serves."})
+    started = fields.String(required=True)
+    last_seen = fields.String(required=True)
+
+
+class Trainer(Schema):
+    """One trainer (`python -m backend.worker`), as RQ last heard from it."""
+
+    name = fields.String(required=True)
+    host = fields.String(allow_none=True)
+    pid = fields.Integer(allow_none=True)
+    state = fields.String(required=True, metadata={"description": "RQ's worker state: idle, busy, ..."})
+    job = fields.String(allow_none=True, metadata={"description": "The job it is running, if any."})
+    last_seen = fields.String(allow_none=True)
+
+
+class Fleet(Schema):
+    """Every live replica worker and trainer, and whether all replicas serve the active version."""
+
+    active = fields.String(allow_none=True, required=True)
+    database = fields.String(required=True, metadata={"description": "sqlite (one host) or postgresql (a fleet)."})
+    jobs = fields.String(
+        required=True, metadata={"description": "local: a process per job on the API host; queue: trainers on Redis."}
+    )
+    converged = fields.Boolean(required=True, metadata={"description": "Every live replica serves the active version."})
+    replicas = fields.List(fields.Nested(Replica), required=True)
+    trainers = fields.List(fields.Nested(Trainer), required=True)
 
 
 class DatasetList(Schema):

@@ -9,6 +9,7 @@ from flask import current_app
 from backend.core.inference import ActiveModel
 from backend.core.store import ModelStore
 from backend.data.feedback import FeedbackStore
+from backend.data.fleet import Replicas
 from backend.data.jobs import JobStore
 
 
@@ -20,6 +21,7 @@ class Services:
     model: ActiveModel
     jobs: JobStore
     feedback: FeedbackStore
+    replicas: Replicas
 
 
 def services() -> Services:

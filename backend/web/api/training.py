@@ -6,10 +6,11 @@ import re
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, request, url_for
+from redis.exceptions import RedisError
 
 from backend.core import budget
 from backend.core.inference import verify_version
-from backend.core.store import CorruptVersionError, VersionNotFoundError
+from backend.core.store import ActivationConflictError, CorruptVersionError, VersionNotFoundError
 from backend.data.datasets import (
     DatasetRejectedError,
     ZipLimits,
@@ -26,7 +27,6 @@ from backend.data.jobs import (
     JobNotFoundError,
     JobStore,
     default_epochs,
-    launch,
 )
 from backend.web.api.auth import auth
 from backend.web.api.schemas import (
@@ -63,13 +63,14 @@ def _start(kind: str, params: dict, epochs: int) -> dict:
         "DATA_DIR": str(config["DATA_DIR"]),
         "GATE_MAX_MNIST_DROP": str(config["GATE_MAX_MNIST_DROP"]),
     }
-    if config["MNIST_PATH"]:
-        env["MNIST_PATH"] = str(config["MNIST_PATH"])
+    for optional in ("MNIST_PATH", "DATABASE_URL"):
+        if config[optional]:
+            env[optional] = str(config[optional])
     try:
-        launch(_jobs(), job["id"], env)
-    except OSError as exc:
-        _jobs().finish(job["id"], FAILED, error=f"Could not start the training process: {exc}")
-        abort(503, f"Could not start the training process: {exc}")
+        _jobs().dispatch(job["id"], env)
+    except (OSError, RedisError) as exc:
+        _jobs().finish(job["id"], FAILED, error=f"Could not start the training job: {exc}")
+        abort(503, f"Could not start the training job: {exc}")
     return {"job_id": job["id"], "status_url": url_for("training.get_job", job_id=job["id"])}
 
 
@@ -196,6 +197,7 @@ def cancel_job(job_id: str) -> dict:
         {
             401: "Missing or wrong admin token",
             404: "No such version",
+            409: "Another activation changed the active version meanwhile",
             422: "The version is damaged or is not a digit model",
         }
     ),
@@ -206,11 +208,13 @@ def activate(version: str) -> dict:
     previous = store.active_version()
     try:
         verify_version(store, version)
-        store.activate(version)
+        store.activate(version, expected=previous)
     except VersionNotFoundError as exc:
         abort(404, f"{exc} GET /models lists the versions.")
     except CorruptVersionError as exc:
         abort(422, f"Version {version} was not activated: {exc}")
+    except ActivationConflictError as exc:
+        abort(409, f"Version {version} was not activated: {exc}. GET /model shows the active version; try again.")
     return {"active": version, "previous": previous}
 
 
