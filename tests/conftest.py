@@ -14,7 +14,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_subset.npz"
 os.environ.setdefault("MNIST_PATH", str(SHARED_MNIST))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest_plugins = ["tests.support.browser"]  # Chromium, gunicorn backend and page fixtures of the browser tests
+pytest_plugins = [
+    "tests.support.browser",  # Chromium, gunicorn backend and page fixtures of the browser tests
+    "tests.support.fleet",  # PostgreSQL, Redis and nginx from Debian's binaries
+]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ lock on SQLite), so replicas and trainers starting at once migrate it exactly on
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,8 +140,16 @@ def _create(url: str) -> Engine:
     @event.listens_for(sqlite, "connect")
     def _on_connect(dbapi_connection, record) -> None:
         dbapi_connection.isolation_level = None  # pysqlite's own BEGIN handling is replaced by _on_begin
-        if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")  # persists in the file: only a first start switches
+        # Two connections switching a new file to WAL at once can deadlock, and SQLite then fails one at
+        # once instead of waiting. The mode persists in the file, so only a first start switches.
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @event.listens_for(sqlite, "begin")
     def _on_begin(connection: Connection) -> None:
