@@ -10,7 +10,7 @@ DASHBOARD_PORT ?= 8501
 # The shared offline MNIST subset when it sits beside the checkout; otherwise Keras downloads MNIST.
 export MNIST_PATH ?= $(wildcard $(abspath ../shared/data/mnist_subset.npz))
 
-.PHONY: setup run backend test test-fast lint train evaluate screenshots loadtest clean
+.PHONY: setup run backend fleet test test-fast lint train evaluate screenshots loadtest clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ run: setup
 
 backend: setup
 	$(VENV)/bin/gunicorn -c backend/gunicorn.conf.py --bind $(BACKEND_BIND) backend.wsgi:app
+
+# A local fleet on loopback: PostgreSQL, Redis, REPLICAS API replicas behind nginx, a trainer and the
+# dashboard (README, "Running a fleet"); needs `apt-get install postgresql redis-server nginx`.
+REPLICAS ?= 2
+fleet: setup
+	$(PY) -m deploy.localfleet --replicas $(REPLICAS)
 
 test: setup
 	$(PY) -m pytest

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.redis_url:
         parser.error("REDIS_URL is not set: a trainer takes jobs from a Redis queue (see README, Running a fleet)")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    JobStore.from_settings(settings)  # creates or migrates the schema before the first job
+    JobStore.from_settings(settings).engine.dispose()  # migrate now; leave no connection for the forked jobs
     redis = queue.connect(settings.redis_url)
     worker = Worker([queue.training_queue(settings.redis_url)], connection=redis)
     worker.work(burst=args.burst, logging_level=settings.log_level)
