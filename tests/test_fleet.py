@@ -291,3 +291,22 @@ def test_a_trainer_killed_mid_job_fails_the_job_keeps_the_model_and_the_fleet_ta
     assert response.status_code == 202, response.text
     next_job = fleet.wait_for_job(response.json()["job_id"], lambda job: job["status"] not in ("queued", "running"))
     assert next_job["status"] in ("succeeded", "rejected"), next_job
+
+
+def test_rq_stop_command_backs_up_a_job_that_ignores_the_cancel(fresh_redis_url, tmp_path):
+    from rq.job import Job, JobStatus
+
+    from backend.data import queue
+
+    env = {"REDIS_URL": fresh_redis_url, "DATA_DIR": str(tmp_path / "data")}
+    with localfleet.trainer(env, tmp_path / "trainer.log"):
+        job = queue.training_queue(fresh_redis_url).enqueue_call("time.sleep", args=(120,), job_id="stubborn")
+        redis = queue.connect(fresh_redis_url)
+        deadline = time.monotonic() + 60
+        while job.get_status(refresh=True) != JobStatus.STARTED:  # no heartbeat will ever stop time.sleep
+            assert time.monotonic() < deadline, (tmp_path / "trainer.log").read_text()
+            time.sleep(0.1)
+        asked = time.monotonic()
+        queue.stop(fresh_redis_url, "stubborn", CANCEL_WAIT_SECONDS)
+        assert time.monotonic() - asked < CANCEL_WAIT_SECONDS + 0.5
+        assert Job.fetch("stubborn", connection=redis).get_status() == JobStatus.STOPPED
