@@ -85,6 +85,7 @@ class ApiFacts:
     max_epochs: int
     review_statuses: tuple[str, ...]  # feedback review states
     unreviewed: str  # the state new feedback starts in
+    local_jobs: str  # GET /fleet's `jobs` when each job is a process on the API host (no Redis queue)
 
     @classmethod
     def from_openapi(cls, spec: dict[str, Any]) -> ApiFacts:
@@ -100,6 +101,7 @@ class ApiFacts:
 
         status, start, epochs = prop("Job", "status"), prop("RetrainRequest", "from"), prop("RetrainRequest", "epochs")
         upload, review = prop("ZipUpload", "epochs"), prop("FeedbackRecord", "status")
+        job_mode = prop("Fleet", "jobs")
         try:
             return cls(
                 job_statuses=tuple(status["enum"]),
@@ -111,6 +113,7 @@ class ApiFacts:
                 max_epochs=int(epochs["maximum"]),
                 review_statuses=tuple(review["enum"]),
                 unreviewed=review["x-initial"],
+                local_jobs=job_mode["x-local"],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"The backend's /openapi.json lacks a field the dashboard reads: {exc}.") from None
@@ -196,6 +199,10 @@ class BackendClient:
     def model(self, version: str) -> dict[str, Any]:
         """GET /models/<version>: one version's metadata."""
         return self._json("GET", f"/models/{requests.utils.quote(version, safe='')}")
+
+    def fleet(self) -> dict[str, Any]:
+        """GET /fleet: the live replica workers with the version each serves, the trainers, and whether they agree."""
+        return self._json("GET", "/fleet")
 
     def mnist_summary(self) -> dict[str, Any]:
         """GET /mnist/summary: class counts and the average digit per class."""

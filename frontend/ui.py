@@ -23,6 +23,7 @@ from client import (
 
 T = TypeVar("T")
 
+REFRESH_SECONDS = 2.0  # how often live panels (a job's progress, the fleet) poll while something changes
 HEALTH_TTL = 2  # seconds: the sidebar shows a fresh status without a request per widget click
 LISTING_TTL = 5  # /model and /models change only when someone activates or trains a version
 VERSION_TTL = 600  # a published version's metadata never changes

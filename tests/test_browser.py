@@ -215,3 +215,5 @@ def test_every_page_renders_and_a_job_runs_live(page, dashboard, backend, mnist,
     page.get_by_role("button", name="Yes, activate").click()
     page.get_by_text(f"Now serving {target} (was {active})").wait_for()
     assert requests.get(f"{backend}/health", timeout=10).json()["model_version"] == target
+    # With no clicks, the Fleet section shows the rollout reach the backend's one gunicorn worker.
+    page.get_by_text(f"The one replica worker serves {target}.").wait_for()

@@ -14,10 +14,11 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import requests
 from streamlit.testing.v1 import AppTest
@@ -32,6 +33,7 @@ APP = REPO_ROOT / "frontend" / "app.py"
 TOKEN = "frontend-test-token"
 RUN_TIMEOUT = 60  # seconds per AppTest run: the first run imports pandas, altair and matplotlib
 JOB_TIMEOUT = 240  # seconds for a tiny training job to finish
+FLEET_TIMEOUT = 30  # seconds for the fleet list to show a change: workers report every second
 TERMINAL = tuple(status for status in STATUSES if status not in UNFINISHED)
 
 
@@ -59,11 +61,11 @@ def frontend_store(tmp_path_factory, trained_store, tiny_data):
 
 
 @pytest.fixture(scope="module")
-def backend_url(frontend_store, tiny_mnist_path, tmp_path_factory) -> Iterator[str]:
-    """The real API on the private store, over HTTP; running jobs are cancelled at the end."""
+def backend_app(frontend_store, tiny_mnist_path, tmp_path_factory) -> Any:
+    """The real API app on the private store."""
     from backend.web.app import create_app
 
-    app = create_app(
+    return create_app(
         {
             "MODEL_DIR": frontend_store.root,
             "DATA_DIR": tmp_path_factory.mktemp("frontend-data"),
@@ -71,11 +73,30 @@ def backend_url(frontend_store, tiny_mnist_path, tmp_path_factory) -> Iterator[s
             "MNIST_PATH": str(tiny_mnist_path),
         }
     )
-    url, server = serve(app)
+
+
+def wait_for_fleet(url: str, done: Callable[[dict[str, Any]], bool], seconds: float = FLEET_TIMEOUT) -> dict[str, Any]:
+    """Poll GET /fleet until `done(answer)` holds; return that answer."""
+    deadline = time.monotonic() + seconds
+    while not done(answer := requests.get(f"{url}/fleet", timeout=10).json()):
+        assert time.monotonic() < deadline, f"GET /fleet never got there: {answer}"
+        time.sleep(0.2)
+    return answer
+
+
+@pytest.fixture(scope="module")
+def backend_url(backend_app) -> Iterator[str]:
+    """The API over HTTP, its process reporting in GET /fleet as a gunicorn worker does; jobs cancelled at the end."""
+    from backend.web.app import follow_fleet, leave_fleet
+
+    url, server = serve(backend_app)
+    follow_fleet(backend_app)  # what gunicorn's post_worker_init does in each worker
+    wait_for_fleet(url, lambda answer: bool(answer["replicas"]))
     yield url
     for job in requests.get(f"{url}/jobs", timeout=10).json()["jobs"]:
         if job["status"] in UNFINISHED:
             requests.post(f"{url}/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    leave_fleet(backend_app)
     server.shutdown()
 
 
@@ -484,6 +505,99 @@ def test_models_page_lists_versions_with_active_marked(dashboard_env, frontend_s
     marked = table.loc[table["active"] != "", "version"].tolist()
     assert marked == [frontend_store.active_version()]
     assert table["trained on"].str.contains("mnist").all()
+
+
+def table_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first table on the page that has this column."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+@pytest.mark.slow
+def test_models_page_shows_the_fleet_and_a_rollout_converging(dashboard_env, backend_app, frontend_store):
+    from backend.data.fleet import Replicas
+
+    active = frontend_store.active_version()
+    other = next(v for v in frontend_store.versions() if v != active)
+    answer = requests.get(f"{dashboard_env}/fleet", timeout=10).json()
+    at = open_page("models")
+    assert "Fleet" in texts(at.subheader)
+    assert find_text(at.main.success, f"The one replica worker serves `{active}`.")
+    assert find_text(at.main.caption, f"Database **{answer['database']}** · training jobs **{answer['jobs']}**")
+    assert find_text(at.main.caption, "Training jobs run as local processes on the API host")
+    shown = table_with(at, "serves")[["rollout", "host", "pid", "serves"]].values.tolist()
+    assert shown == [["✓", replica["host"], replica["pid"], active] for replica in answer["replicas"]]
+
+    # A second worker, on another host, still serves the previous version: the rollout has not converged.
+    lagging = Replicas(backend_app.extensions["digit_lab"].jobs.engine)
+    lagging.me = {"id": "replica-b:4242", "host": "replica-b", "pid": 4242}
+    try:
+        lagging.beat(other)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert find_text(at.main.warning, f"Rolling out `{active}`: 1 of 2 replica workers serve it.")
+        replicas = table_with(at, "serves").set_index("host")
+        assert replicas.loc["replica-b", ["serves", "rollout"]].tolist() == [other, "⏳ behind"]
+        assert (replicas.drop("replica-b")["rollout"] == "✓").all()
+        lagging.beat(active)  # it caught up
+        at.run()
+        assert find_text(at.main.success, f"All 2 replica workers serve `{active}`.")
+        assert (table_with(at, "serves")["rollout"] == "✓").all()
+    finally:
+        lagging.leave()
+
+    # An activation from elsewhere rolls out to the worker, and the whole page follows (its listing was cached).
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        requests.post(f"{dashboard_env}/models/{other}/activate", headers=admin, timeout=30).raise_for_status()
+        wait_for_fleet(dashboard_env, lambda fleet: fleet["active"] == other and fleet["converged"])
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert find_text(at.main.success, f"The one replica worker serves `{other}`.")
+        versions = at.dataframe[0].value
+        assert versions.loc[versions["active"] != "", "version"].tolist() == [other]
+    finally:
+        requests.post(f"{dashboard_env}/models/{active}/activate", headers=admin, timeout=30).raise_for_status()
+        wait_for_fleet(dashboard_env, lambda fleet: fleet["active"] == active and fleet["converged"])
+
+
+@pytest.mark.slow
+def test_models_page_lists_the_trainers_of_a_queue(
+    frontend_store, fresh_redis_url, tiny_mnist_path, tmp_path, monkeypatch
+):
+    import streamlit as st
+
+    from backend.web.app import create_app
+    from deploy import localfleet
+
+    env = {
+        "MODEL_DIR": str(frontend_store.root),
+        "DATA_DIR": str(tmp_path / "data"),
+        "ADMIN_TOKEN": TOKEN,
+        "MNIST_PATH": str(tiny_mnist_path),
+        "REDIS_URL": fresh_redis_url,
+    }
+    url, server = serve(create_app(env))  # not following the fleet: no replica worker reports
+    try:
+        monkeypatch.setenv("BACKEND_URL", url)
+        monkeypatch.setenv("ADMIN_TOKEN", TOKEN)
+        st.cache_data.clear()
+        with bind_dashboard("127.0.0.1"):
+            at = open_page("models")
+            assert find_text(at.main.caption, "training jobs **queue**")
+            assert find_text(at.main.info, "No API worker reports itself")
+            assert find_text(at.main.warning, "No trainer listens on the queue")
+
+            with localfleet.trainer(env, tmp_path / "trainer.log") as trainer:
+                answer = wait_for_fleet(
+                    url, lambda fleet: trainer.process.pid in [t["pid"] for t in fleet["trainers"]], seconds=60
+                )
+                at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert not find_text(at.main.warning, "No trainer listens")
+        shown = table_with(at, "state")[["name", "host", "pid", "state"]].values.tolist()
+        assert shown == [[t["name"], t["host"], t["pid"], t["state"]] for t in answer["trainers"]]
+    finally:
+        server.shutdown()
 
 
 def finished_job(url: str) -> dict[str, Any]:

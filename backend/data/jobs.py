@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
 QUEUED, RUNNING, SUCCEEDED, REJECTED, FAILED, CANCELLED = STATUSES
 UNFINISHED = (QUEUED, RUNNING)
+JOB_MODES = ("local", "queue")  # how jobs run: a process on the API host, or trainers fed by a Redis queue
+LOCAL_JOBS, QUEUED_JOBS = JOB_MODES
 CANCEL_MESSAGE = "Cancelled on request."
 CANCEL_WAIT_SECONDS = 5  # how long a cancel waits for the job's process to stop
 MAX_EPOCHS = 100
@@ -64,8 +66,8 @@ DIED = (
     "Start the job again."
 )
 NEVER_STARTED = {
-    "local": "The training process never started; the active model was not changed. Start the job again.",
-    "queue": "No trainer took the job within {grace} s: start one with `python -m backend.worker` "
+    LOCAL_JOBS: "The training process never started; the active model was not changed. Start the job again.",
+    QUEUED_JOBS: "No trainer took the job within {grace} s: start one with `python -m backend.worker` "
     "(with the same DATABASE_URL and REDIS_URL), then start the job again.",
 }
 
@@ -174,7 +176,7 @@ class JobStore:
     @property
     def mode(self) -> str:
         """Return how jobs run: "queue" (trainers take them from Redis) or "local" (a process on this host)."""
-        return "queue" if self.queue_url else "local"
+        return QUEUED_JOBS if self.queue_url else LOCAL_JOBS
 
     @staticmethod
     def _decode(row: RowMapping) -> dict[str, Any]:

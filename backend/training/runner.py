@@ -10,6 +10,7 @@ two training batches.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -61,7 +62,16 @@ def run_queued(job_id: str) -> int:
     return run(JobStore.from_settings(settings), job_id, settings)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """Run the job named on the command line (what `backend.data.jobs.launch` starts)."""
+    parser = argparse.ArgumentParser(prog="python -m backend.training.runner", description="Run one training job.")
+    parser.add_argument("data_dir", help="the DATA_DIR holding the job table")
+    parser.add_argument("job_id")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    sys.exit(run(JobStore(sys.argv[1], settings.database_url, None, settings.job_heartbeat_timeout), sys.argv[2]))
+    return run(JobStore(args.data_dir, settings.database_url, None, settings.job_heartbeat_timeout), args.job_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

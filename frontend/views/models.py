@@ -1,4 +1,4 @@
-"""Models page: every version with metrics and provenance; activate or roll back after confirming; review feedback."""
+"""Models page: versions with metrics and provenance; activate or roll back after confirming; the fleet; feedback."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from PIL import Image
 
 from client import ApiFacts, BackendError, backend_url
 from ui import (
+    REFRESH_SECONDS,
     admin_token,
     attempt,
     cached_facts,
@@ -29,6 +30,7 @@ from ui import (
 
 REVIEW_BATCH = 12  # pending feedback shown at once: each row fetches its thumbnail
 THUMBNAIL_SCALE = 3  # 28x28 inputs shown at 84 px, pixels kept sharp
+ON_ACTIVE, BEHIND = "✓", "⏳ behind"  # a replica worker's rollout mark: on the active version or not yet
 
 
 def versions_table(listing: dict[str, Any]) -> pd.DataFrame:
@@ -167,6 +169,114 @@ def switch_to(version: str) -> bool:
     return True
 
 
+def replica_workers(count: int) -> str:
+    """Say '1 replica worker' or 'N replica workers'."""
+    return f"{count} replica worker{'s' if count != 1 else ''}"
+
+
+def clock_time(stamp: str | None) -> str:
+    """Show an ISO timestamp's time of day, 'HH:MM:SS' (UTC as the backend sends it)."""
+    return stamp[11:19] if stamp and len(stamp) >= 19 else "—"
+
+
+def fleet_status(fleet: dict[str, Any]) -> None:
+    """One line: whether every replica worker serves the active version, or how far its rollout has got."""
+    active, replicas = fleet.get("active"), fleet.get("replicas", [])
+    if not replicas:
+        st.info(
+            "No API worker reports itself: workers report under gunicorn (`make backend`, `make run`), "
+            "not under a development server.",
+            icon=":material/info:",
+        )
+    elif active is None:
+        st.info(f"No version is active yet; {replica_workers(len(replicas))} report in.", icon=":material/info:")
+    elif fleet.get("converged"):
+        every = "The one replica worker serves" if len(replicas) == 1 else f"All {len(replicas)} replica workers serve"
+        st.success(f"{every} `{active}`.", icon=":material/check_circle:")
+    else:
+        serving = sum(replica.get("version") == active for replica in replicas)
+        st.warning(
+            f"Rolling out `{active}`: {serving} of {replica_workers(len(replicas))} serve it.", icon=":material/sync:"
+        )
+
+
+def replicas_table(fleet: dict[str, Any]) -> pd.DataFrame:
+    """One row per live replica worker: whether it is on the active version, where it runs, what it serves."""
+    active = fleet.get("active")
+    rows = [
+        {
+            "rollout": ON_ACTIVE if replica.get("version") == active else BEHIND,
+            "host": replica.get("host"),
+            "pid": replica.get("pid"),
+            "serves": replica.get("version") or "— (none)",
+            "last seen (UTC)": clock_time(replica.get("last_seen")),
+        }
+        for replica in fleet.get("replicas", [])
+    ]
+    return pd.DataFrame(rows)
+
+
+def trainers_table(trainers: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per trainer listening on the queue: where it runs, its state and the job it runs."""
+    rows = [
+        {
+            "name": trainer.get("name"),
+            "host": trainer.get("host"),
+            "pid": trainer.get("pid"),
+            "state": trainer.get("state"),
+            "job": trainer.get("job") or "—",
+            "last seen (UTC)": clock_time(trainer.get("last_seen")),
+        }
+        for trainer in trainers
+    ]
+    return pd.DataFrame(rows)
+
+
+def fleet_details(fleet: dict[str, Any], facts: ApiFacts) -> None:
+    """The status line, the mode, and the replica workers and trainers of one GET /fleet answer."""
+    fleet_status(fleet)
+    st.caption(
+        f"Database **{fleet.get('database')}** · training jobs **{fleet.get('jobs')}** · "
+        f"refreshed every {REFRESH_SECONDS:.0f} s."
+    )
+    if fleet.get("replicas"):
+        st.markdown("**Replica workers**")
+        st.dataframe(replicas_table(fleet), hide_index=True)
+    st.markdown("**Trainers**")
+    trainers = fleet.get("trainers", [])
+    if fleet.get("jobs") == facts.local_jobs:
+        st.caption("Training jobs run as local processes on the API host (no REDIS_URL), so there are no trainers.")
+    elif not trainers:
+        st.warning(
+            "No trainer listens on the queue: training jobs wait until one starts "
+            "(`python -m backend.worker` with the fleet's DATABASE_URL and REDIS_URL).",
+            icon=":material/warning:",
+        )
+    else:
+        st.dataframe(trainers_table(trainers), hide_index=True)
+
+
+def fleet_section(shown_active: str | None, facts: ApiFacts) -> None:
+    """GET /fleet, refreshed every REFRESH_SECONDS, so an operator sees a rollout converge."""
+    st.subheader("Fleet")
+
+    @st.fragment(run_every=REFRESH_SECONDS)
+    def panel() -> None:
+        """Fetch the fleet and draw it; rerun the whole page once if the active version moved meanwhile."""
+        try:
+            fleet = client().fleet()
+        except BackendError as exc:
+            show_error(exc)
+            return
+        if fleet.get("active") != shown_active:
+            # Activated elsewhere (another session, a promoted job): the table and sidebar above are stale.
+            refresh_model_caches()
+            st.rerun(scope="app")
+        fleet_details(fleet, facts)
+
+    panel()
+
+
 def feedback_review(facts: ApiFacts) -> None:
     """Unreviewed feedback with the 28x28 input it would train on; an admin gives each one a verdict."""
     st.subheader("Feedback review")
@@ -249,6 +359,9 @@ st.dataframe(
     },
 )
 activation_controls(listing)
+api_facts = attempt(cached_facts, backend_url())
+if api_facts is not None:
+    fleet_section(listing.get("active"), api_facts)
 st.subheader("Provenance")
 chosen = st.selectbox(
     "Version",
@@ -257,6 +370,5 @@ chosen = st.selectbox(
     format_func=lambda v: f"{v} (active)" if v == listing.get("active") else v,
 )
 version_details(chosen)
-api_facts = attempt(cached_facts, backend_url())
 if api_facts is not None:
     feedback_review(api_facts)

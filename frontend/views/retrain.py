@@ -9,6 +9,7 @@ import streamlit as st
 
 from client import ApiFacts, BackendError, Upload, backend_url
 from ui import (
+    REFRESH_SECONDS,
     admin_token,
     attempt,
     cached_datasets,
@@ -22,7 +23,6 @@ from ui import (
     token_help,
 )
 
-REFRESH_SECONDS = 2.0
 START_LABELS = {"scratch": "a fresh network", "active": "the active version (fine-tune)"}  # the API's `from` values
 
 

@@ -7,7 +7,7 @@ from apiflask.validators import Length, OneOf, Range, Regexp
 
 from backend.core.inference import HEALTH_STATES
 from backend.data.feedback import MAX_TEXT_CHARS, PENDING, STATUSES
-from backend.data.jobs import DEFAULT_EPOCHS, MAX_EPOCHS, UNFINISHED
+from backend.data.jobs import DEFAULT_EPOCHS, JOB_MODES, LOCAL_JOBS, MAX_EPOCHS, QUEUED_JOBS, UNFINISHED
 from backend.data.jobs import STATUSES as JOB_STATUSES
 from backend.data.retention import DEFAULT_KEEP, LOG_KEEP_DAYS
 
@@ -286,7 +286,12 @@ class Fleet(Schema):
     active = fields.String(allow_none=True, required=True)
     database = fields.String(required=True, metadata={"description": "sqlite (one host) or postgresql (a fleet)."})
     jobs = fields.String(
-        required=True, metadata={"description": "local: a process per job on the API host; queue: trainers on Redis."}
+        required=True,
+        validate=OneOf(JOB_MODES),
+        metadata={
+            "description": f"{LOCAL_JOBS}: a process per job on the API host; {QUEUED_JOBS}: trainers on Redis.",
+            "x-local": LOCAL_JOBS,
+        },
     )
     converged = fields.Boolean(required=True, metadata={"description": "Every live replica serves the active version."})
     replicas = fields.List(fields.Nested(Replica), required=True)
