@@ -23,6 +23,12 @@ Environment variables:
                          LOCUST_FORCE_SWAP=1 activates a candidate the promotion gate rejected, so the
                          run still sees a hot swap (only on a store you can spare)
   ADMIN_TOKEN            the admin token; else read from $DATA_DIR/admin_token (DATA_DIR defaults to the repo's data/)
+  LOCUST_CLIENT          fast (default: FastHttpUser, geventhttpclient) or requests (HttpUser): the same
+                         requests, to compare what the two clients cost (docs/load-testing.md)
+Distributed: `locust -f locustfile.py --processes 4 ...` (a master and 4 local workers), or a master
+(`--master --expect-workers N`) with workers elsewhere (`locust -f locustfile.py --worker --master-host M`,
+given the same class names, --tags and LOCUST_* variables). The workers send their records to the master,
+which writes the files below; the job's phase and its end reach every worker.
 With --csv PREFIX the run also writes PREFIX_model_versions.csv (first and last time each model
 version answered: the swap moment), PREFIX_jobs.csv, and exact per-step (PREFIX_steps.csv) or
 per-retrain-phase (PREFIX_phases.csv) figures. benchmarks/loadtest.py turns them into a report.
@@ -35,7 +41,7 @@ import random
 import sys
 import time
 
-from locust import FastHttpUser, LoadTestShape, between, constant, tag, task
+from locust import FastHttpUser, HttpUser, LoadTestShape, between, constant, tag, task
 
 from benchmarks.locustkit import hooks
 from benchmarks.locustkit.admin import JobDriver
@@ -49,12 +55,16 @@ from benchmarks.locustkit.checks import (
     prediction_problem,
 )
 from benchmarks.locustkit.records import RUN, predict_name
-from benchmarks.locustkit.settings import admin_requested, env_float, step_shape_wanted
+from benchmarks.locustkit.settings import admin_requested, env_float, http_client, step_shape_wanted
 
 hooks.register()
 
+# Bodies are pre-encoded bytes (no `files=`), so both clients send the same requests and every endpoint,
+# the multipart ones included, works on FastHttpUser; HttpUser is there to measure what a client costs.
+ClientUser = HttpUser if http_client() == "requests" else FastHttpUser
 
-class PredictUser(FastHttpUser):
+
+class PredictUser(ClientUser):
     """Posts one image at a time to /predict: photos, canvas drawings and MNIST-style PNGs."""
 
     weight = 16
@@ -77,7 +87,7 @@ class PredictUser(FastHttpUser):
             RUN.versions.saw(body["model_version"], time.time())
 
 
-class BatchUser(FastHttpUser):
+class BatchUser(ClientUser):
     """Posts 10-50 images at once to /predict/batch."""
 
     weight = 2
@@ -97,7 +107,7 @@ class BatchUser(FastHttpUser):
             RUN.versions.saw(result["predictions"][0]["model_version"], time.time())
 
 
-class DashboardUser(FastHttpUser):
+class DashboardUser(ClientUser):
     """Polls the operational endpoints at a low rate, as the dashboard and Prometheus do."""
 
     weight = 1
@@ -132,7 +142,7 @@ class DashboardUser(FastHttpUser):
             check_metrics(response)
 
 
-class AdminUser(FastHttpUser):
+class AdminUser(ClientUser):
     """Starts one retrain (or ZIP upload) and polls its job to the end, then idles."""
 
     # Off by default: Locust drops weight-0 classes before any event hook runs, so the command line

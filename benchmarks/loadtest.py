@@ -9,11 +9,14 @@ locustfile.py, and writes reports/loadtest-<timestamp>/:
   locust_jobs.csv                the AdminUser's job timeline (retrain scenarios)
   locust_steps.csv               exact per-step figures (step scenario)
   locust_phases.csv              exact /predict figures before, during and after the job (retrain scenarios)
-  loadtest.png                   requests/s, p50/p95/p99 and users over time, model swaps marked
-                                 (drawn by benchmarks/loadtest_plot.py)
+  locust_generator_cpu.csv       the Locust processes' CPU time, sampled every 0.5 s
+  loadtest.png                   requests/s, p50/p95/p99, users and the generator's CPU over time, model
+                                 swaps marked (drawn by benchmarks/loadtest_plot.py)
   summary.json                   the headline figures printed at the end
 Scenarios: mixed (Predict+Batch+Dashboard), predict, step (StepLoadShape, to find the knee),
 retrain and upload (PredictUser + DashboardUser + AdminUser: serving during a retrain and swap).
+One Locust process uses at most one core: --processes N runs a master and N local workers (Locust's
+distributed mode), and the summary says when a Locust process was saturated (benchmarks/locustkit/generator.py).
 Only loopback hosts are accepted: the script may start and stop the backend it measures.
 The exit code is Locust's: non-zero when the failure ratio or p95 broke its bound.
 """
@@ -39,9 +42,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import psutil
+
 from backend.core.config import REPO_ROOT
 from benchmarks.loadtest_plot import plot
 from benchmarks.locustkit.gate import DEFAULT_MAX_FAIL_RATIO, DEFAULT_MAX_P95_MS
+from benchmarks.locustkit.generator import CpuSampler, describe_generator, generator_summary
 from benchmarks.locustkit.records import (
     FINAL_JSON,
     JOBS_CSV,
@@ -54,6 +60,7 @@ from benchmarks.locustkit.records import (
     read_csv,
     run_file,
 )
+from benchmarks.locustkit.settings import CLIENT_VARIABLE, CLIENTS, DEFAULT_CLIENT
 from tests.support import servers
 
 LOCUSTFILE = REPO_ROOT / "locustfile.py"
@@ -161,12 +168,16 @@ def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
     ]
     if args.scenario != "step":  # the step shape sets users and duration itself
         command += ["-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.run_time}s"]
+    if args.processes:
+        port = str(servers.free_port())  # not Locust's fixed 5557: two runs at once must not meet
+        command += ["--processes", str(args.processes), "--master-bind-host", "127.0.0.1"]
+        command += ["--master-bind-port", port, "--master-port", port]
     return command + SCENARIOS[args.scenario]
 
 
 def locust_env(args: argparse.Namespace, backend_env: dict[str, str]) -> dict[str, str]:
     """Environment for the Locust process: thresholds, shape and admin settings."""
-    env = {**base_env(), **backend_env}
+    env = {**base_env(), **backend_env, CLIENT_VARIABLE: args.client}
     if args.max_fail_ratio is not None:
         env["LOCUST_MAX_FAIL_RATIO"] = str(args.max_fail_ratio)
     if args.max_p95_ms is not None:
@@ -199,21 +210,33 @@ def run_seconds(args: argparse.Namespace) -> float:
     return args.step_count * args.step_seconds if args.scenario == "step" else args.run_time
 
 
+def kill_tree(pid: int) -> None:
+    """Kill a process and its children (Locust's local workers)."""
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for process in [*root.children(recursive=True), root]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
 def run_locust(command: list[str], env: dict[str, str], out: Path, limit: float) -> int:
-    """Run Locust, echoing and saving its output; return its exit code."""
+    """Run Locust, echoing and saving its output and sampling its CPU; return its exit code."""
     with (out / "locust.log").open("w") as log_file:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        watchdog = threading.Timer(limit, process.kill)  # a hung run must not hang the command
+        watchdog = threading.Timer(limit, kill_tree, [process.pid])  # a hung run must not hang the command
         watchdog.start()
         try:
-            for line in process.stdout:
-                sys.stdout.write(line)
-                log_file.write(line)
-            return process.wait(timeout=30)
+            with CpuSampler(process.pid) as sampler:
+                for line in process.stdout:
+                    sys.stdout.write(line)
+                    log_file.write(line)
+                code = process.wait(timeout=30)
         finally:
             watchdog.cancel()
+    sampler.write(out / CSV_NAME)
+    return code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +305,7 @@ def summarise(out: Path) -> dict[str, Any]:
     ]
     if phases:
         summary["phases"] = phases
+    summary["generator"] = generator_summary(prefix, summary["requests"])
     return summary
 
 
@@ -302,6 +326,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("-u", "--users", type=int, default=10, help="[%(default)s]")
     add("-r", "--spawn-rate", type=float, default=10, help="users started per second [%(default)s]")
     add("-t", "--run-time", type=parse_duration, default="30s", help="e.g. 30s, 2m [30s]")
+    add(
+        "--processes",
+        type=int,
+        default=0,
+        help="run Locust as a master with this many worker processes on this machine (Locust's --processes; "
+        "one process uses at most one core); 0 runs one plain process [%(default)s]",
+    )
+    add(
+        "--client",
+        choices=sorted(CLIENTS),
+        default=DEFAULT_CLIENT,
+        help=f"HTTP client of the user classes: {', '.join(f'{k} = {v}' for k, v in CLIENTS.items())} [%(default)s]",
+    )
     add("--step-users", type=int, default=40, help="step scenario: users added per step [%(default)s]")
     add("--step-seconds", type=int, default=10, help="step scenario: seconds per step [%(default)s]")
     add("--step-count", type=int, default=6, help="step scenario: number of steps [%(default)s]")
@@ -345,6 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--reports", type=Path, default=REPO_ROOT / "reports", help="parent of the report folder [reports/]")
     args = parser.parse_args(argv)
+    if args.processes < 0:
+        parser.error("--processes must be 0 (one process) or a number of workers")
     try:
         loopback_address(args.host)
     except ValueError as exc:
@@ -378,12 +417,15 @@ def run(args: argparse.Namespace) -> tuple[int, Path, dict[str, Any]]:
         load_average_before=[round(x, 2) for x in load],
         users=None if args.scenario == "step" else args.users,
         run_seconds=run_seconds(args),
+        processes=args.processes,
+        client=CLIENTS[args.client],
     )
     title = f"Digit Lab load test: {args.scenario}, " + (
         f"steps of {args.step_users} users x {args.step_seconds} s"
         if args.scenario == "step"
         else f"{args.users} users"
     )
+    title += f", {CLIENTS[args.client]}, " + (f"{args.processes} worker processes" if args.processes else "1 process")
     title += f"  ({datetime.fromtimestamp(started):%Y-%m-%d %H:%M})"
     summary["plot"] = str(plot(out / CSV_NAME, title, out / "loadtest.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -423,6 +465,7 @@ def describe(summary: dict[str, Any]) -> str:
             f"  model {version['version']}: served from {version['first_seen_s']} s to {version['last_seen_s']} s "
             f"({version['responses']} responses)"
         )
+    lines.append(describe_generator(summary["generator"]))
     lines.append(f"plot: {summary['plot']}  exit code: {summary['exit_code']}")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""The load-test figure: requests/s, p50/p95/p99 and users over time, with the job and model swaps marked.
+"""The load-test figure: requests/s, p50/p95/p99, users and the generator's CPU over time, job and swaps marked.
 
 Drawn from the files a Locust run leaves for its --csv prefix (see benchmarks/locustkit/records.py).
 """
@@ -7,9 +7,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.locustkit.checks import FINISHED
-from benchmarks.locustkit.records import HISTORY_CSV, JOBS_CSV, VERSIONS_CSV, history_start, number, read_csv, run_file
+from benchmarks.locustkit.generator import SATURATION_SHARE, per_process, share
+from benchmarks.locustkit.records import (
+    GENERATOR_CSV,
+    HISTORY_CSV,
+    JOBS_CSV,
+    VERSIONS_CSV,
+    history_start,
+    number,
+    read_csv,
+    run_file,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 LOG_SCALE_SPREAD = 30  # a log latency axis only when p99 is this many times p50, else p50 lies flat on the floor
 
@@ -27,17 +41,20 @@ def plot(prefix: Path, title: str, path: Path) -> Path:
         raise RuntimeError(f"no Aggregated rows in {history}: did Locust run?")
     t0 = history_start(prefix)
     t = [number(row["Timestamp"]) - t0 for row in rows]
-    fig, (ax_rps, ax_lat, ax_users) = plt.subplots(
-        3, 1, figsize=(13, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.6]}
+    fig, (ax_rps, ax_lat, ax_users, ax_cpu) = plt.subplots(
+        4, 1, figsize=(13, 10.5), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.6, 2]}
     )
+    cpu = per_process(read_csv(run_file(prefix, GENERATOR_CSV)))
     # Per-second rates from the cumulative counts: Locust's own Requests/s column lags by seconds,
-    # which would smear a dip at the swap.
-    ax_rps.plot(
-        t[1:], per_second(t, [number(r["Total Request Count"]) for r in rows]), color="tab:blue", label="requests/s"
-    )
-    ax_rps.plot(
-        t[1:], per_second(t, [number(r["Total Failure Count"]) for r in rows]), color="tab:red", label="failures/s"
-    )
+    # which would smear a dip at the swap. A master only learns the counts when workers report (every
+    # few seconds), so there the rates run from one report to the next.
+    reported = reports(rows) if any(role == "master" for _, role in cpu) else rows
+    t_rate = [number(row["Timestamp"]) - t0 for row in reported]
+    for column, colour, label in (
+        ("Total Request Count", "tab:blue", "requests/s"),
+        ("Total Failure Count", "tab:red", "failures/s"),
+    ):
+        ax_rps.plot(t_rate[1:], per_second(t_rate, [number(r[column]) for r in reported]), color=colour, label=label)
     ax_rps.set_ylabel("requests/s")
     latencies = {}
     for key, colour in (("50%", "tab:green"), ("95%", "tab:orange"), ("99%", "tab:red")):
@@ -55,9 +72,10 @@ def plot(prefix: Path, title: str, path: Path) -> Path:
         ax_lat.set_ylim(bottom=0)
     ax_users.step(t, [number(r["User Count"]) for r in rows], where="post", color="tab:purple", label="users")
     ax_users.set_ylabel("users")
-    ax_users.set_xlabel("seconds since start")
+    _generator_cpu(cpu, t0, ax_cpu)
+    ax_cpu.set_xlabel("seconds since start")
 
-    axes = (ax_rps, ax_lat, ax_users)
+    axes = (ax_rps, ax_lat, ax_users, ax_cpu)
     _mark_job(prefix, t0, axes)
     _mark_swaps(prefix, t0, axes)
     for axis in axes:
@@ -70,6 +88,23 @@ def plot(prefix: Path, title: str, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def reports(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Keep the first history row and each one whose request count changed: the moments workers reported."""
+    counts = [row["Total Request Count"] for row in rows]
+    return [row for i, row in enumerate(rows) if i == 0 or counts[i] != counts[i - 1]]
+
+
+def _generator_cpu(cpu: dict[tuple[int, str], list[tuple[float, float]]], t0: float, axis: Axes) -> None:
+    """Draw each Locust process's share of one core between samples from time zero on, and the saturation line."""
+    for (pid, role), every in cpu.items():
+        samples = [sample for sample in every if sample[0] >= t0]  # not the start-up before the first user
+        t = [when - t0 for when, _ in samples[1:]]
+        axis.plot(t, [100 * share(samples, i, i + 1) for i in range(len(t))], linewidth=1, label=f"{role} {pid}")
+    axis.axhline(100 * SATURATION_SHARE, color="tab:red", linestyle=":", linewidth=1, label="saturated above")
+    axis.set_ylabel("generator CPU,\n% of one core")
+    axis.set_ylim(0, 110)
 
 
 def per_second(t: list[float], cumulative: list[float]) -> list[float]:

@@ -1,4 +1,5 @@
-"""The Locust load test: a smoke run against real gunicorn, wrong bodies failing a run, the swap timeline.
+"""The Locust load test: a smoke run against real gunicorn, wrong bodies failing a run, the swap timeline,
+distributed mode (a master and worker processes), both HTTP clients, and the generator's own CPU share.
 
 Locust is only ever run in a subprocess: importing it here would gevent-patch the test process.
 """
@@ -20,8 +21,23 @@ from backend.data.jobs import STATUSES, UNFINISHED
 from benchmarks import loadtest
 from benchmarks.locustkit.checks import FINISHED, batch_problem, job_problem, prediction_problem
 from benchmarks.locustkit.gate import gate_problems
-from benchmarks.locustkit.records import RunRecord, percentile, read_csv
-from benchmarks.locustkit.settings import admin_requested, env_bound
+from benchmarks.locustkit.generator import (
+    SATURATION_SHARE,
+    WINDOW_SECONDS,
+    busiest_share,
+    describe_generator,
+    generator_summary,
+)
+from benchmarks.locustkit.records import (
+    GENERATOR_COLUMNS,
+    GENERATOR_CSV,
+    RunRecord,
+    percentile,
+    read_csv,
+    run_file,
+    write_csv,
+)
+from benchmarks.locustkit.settings import CLIENTS, admin_requested, env_bound
 from tests.support.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +97,8 @@ class StubApi(BaseHTTPRequestHandler):
     mode = "bad"
     job_started: float | None = None
     served = 0
+    url = ""
+    agents: set[str] = set()  # the User-Agent of every request: which HTTP client sent it
 
     def log_message(self, *args) -> None:
         """Keep the test output quiet."""
@@ -101,6 +119,7 @@ class StubApi(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Health, model listings, metrics and the job."""
+        self.agents.add(self.headers.get("User-Agent", ""))
         if self.path == "/health":
             self._send(200, {"status": "ok", "model_version": self._version()})
         elif self.path == "/model":
@@ -123,8 +142,9 @@ class StubApi(BaseHTTPRequestHandler):
             self._send(404, {"error": "no such endpoint"})
 
     def do_POST(self) -> None:
-        """Predictions (bad or good) and the retrain trigger."""
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        """Predictions (bad or good), batches (good) and the retrain trigger."""
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.agents.add(self.headers.get("User-Agent", ""))
         if self.path == "/retrain":
             if self.headers.get("Authorization") != "Bearer stub-token":
                 self._send(401, {"error": "wrong token"})
@@ -132,7 +152,7 @@ class StubApi(BaseHTTPRequestHandler):
             type(self).job_started = time.time()
             self._send(202, {"job_id": "job-1", "status_url": "/jobs/job-1"})
             return
-        if self.path != "/predict":
+        if self.path not in ("/predict", "/predict/batch"):
             self._send(404, {"error": "no such endpoint"})
             return
         type(self).served += 1
@@ -144,7 +164,9 @@ class StubApi(BaseHTTPRequestHandler):
             "inference_ms": 1.0,
         }
         good["probabilities"][3] = 0.91
-        if self.mode == "bad":
+        if self.path == "/predict/batch":
+            self._send(200, {"predictions": [good] * body.count(b'name="files"')})
+        elif self.mode == "bad":
             broken = (
                 {key: value for key, value in good.items() if key != "digit"}
                 if self.served % 2
@@ -156,20 +178,21 @@ class StubApi(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def stub(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Serve StubApi in `request.param` mode on a loopback port; yield its URL."""
-    handler = type("Stub", (StubApi,), {"mode": request.param, "job_started": None, "served": 0})
+def stub(request: pytest.FixtureRequest) -> Iterator[type[StubApi]]:
+    """Serve StubApi in `request.param` mode on a loopback port; yield its handler class, with the URL set."""
+    handler = type("Stub", (StubApi,), {"mode": request.param, "job_started": None, "served": 0, "agents": set()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    handler.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield handler
     server.shutdown()
     server.server_close()
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("stub", ["bad"], indirect=True)
-def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path: Path) -> None:
+def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: type[StubApi], tmp_path: Path) -> None:
     """A missing digit and probabilities summing to 0.9 are failures, and the gate exits non-zero."""
     prefix = tmp_path / "bad"
     result = subprocess.run(
@@ -187,7 +210,7 @@ def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path:
             "-t",
             "3s",
             "-H",
-            stub,
+            stub.url,
             "--csv",
             str(prefix),
             "--only-summary",
@@ -210,46 +233,69 @@ def test_200_with_wrong_body_is_a_failure_and_fails_the_run(stub: str, tmp_path:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("stub", ["swap"], indirect=True)
+@pytest.mark.parametrize("processes", [0, 2], ids=["one-process", "master-and-2-workers"])
 def test_retrain_scenario_records_job_and_marks_the_swap(
-    stub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stub: type[StubApi],
+    processes: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """AdminUser follows its retrain; the new version's first appearance is the swap; the run ends after the job."""
+    """AdminUser follows its retrain; the new version's first appearance is the swap; the run ends after the job.
+
+    With worker processes the workers' records reach the master, the job's phase reaches every worker,
+    the admin's worker ends the whole run, and the CPU of the master and each worker is reported.
+    """
     monkeypatch.setenv("ADMIN_TOKEN", "stub-token")
-    args = loadtest.parse_args(
-        [
-            "--host",
-            stub,
-            "--scenario",
-            "retrain",
-            "-u",
-            "3",
-            "-r",
-            "3",
-            "-t",
-            "30s",
-            "--admin-delay",
-            "1",
-            "--after-job",
-            "2",
-            "--reports",
-            str(tmp_path),
-        ]
-    )
+    users = 5
+    argv = ["--host", stub.url, "--scenario", "retrain", "-u", str(users), "-r", str(users), "-t", "30s"]
+    argv += ["--admin-delay", "1", "--after-job", "2", "--processes", str(processes), "--reports", str(tmp_path)]
 
     started = time.time()
-    code, out, summary = loadtest.run(args)
+    code = loadtest.main(argv)
+    printed = capsys.readouterr().out
 
-    assert time.time() - started < 20  # ended 2 s after the job, not at the 30 s limit
+    assert time.time() - started < 25  # ended 2 s after the job, not at the 30 s limit
+    (out,) = tmp_path.iterdir()
+    summary = json.loads((out / "summary.json").read_text())
     assert code == 0 and summary["failures"] == 0 and summary["predict_failures"] == 0
+    assert summary["requests"] > 10 and summary["processes"] == processes
     statuses = [event["status"] for event in summary["job"]]
     assert statuses[0] == "submitted" and statuses[-1] == "succeeded"
     assert summary["swaps"] == ["v2"]
     old, new = summary["model_versions"]
     assert old["version"] == "v1" and new["version"] == "v2" and new["first_seen_s"] >= old["first_seen_s"]
+    assert old["responses"] + new["responses"] == summary["predict_requests"]
     phases = {row["phase"]: row for row in summary["phases"]}
     assert set(phases) == {"1 before job", "2 job running (train, gate, swap)", "3 after job (succeeded)"}
     assert all(row["failures"] == 0 for row in phases.values())
+    assert sum(row["requests"] for row in phases.values()) == summary["predict_requests"]
+    # Every worker counted its /predict requests under the phase, not only the one running the AdminUser.
+    assert phases["2 job running (train, gate, swap)"]["users"] == users
+    generator = summary["generator"]
+    roles = sorted(row["role"] for row in generator["processes"])
+    assert roles == (["master"] + ["worker"] * processes if processes else ["locust"])
+    assert all(0 <= row["mean_share"] <= row["busiest_share"] <= 1.5 for row in generator["processes"])
+    assert describe_generator(generator) in printed
+    assert "generator CPU (share of one core" in printed and "saturated" in printed
     assert (out / "loadtest.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stub", ["good"], indirect=True)
+@pytest.mark.parametrize("client", ["fast", "requests"])
+def test_both_http_clients_send_the_same_mix(stub: type[StubApi], client: str, tmp_path: Path) -> None:
+    """FastHttpUser (the default) and HttpUser both run the default mix, multipart batches included, with no failure."""
+    argv = ["--host", stub.url, "-u", "8", "-r", "8", "-t", "4s", "--client", client, "--reports", str(tmp_path)]
+
+    code, _, summary = loadtest.run(loadtest.parse_args(argv))
+
+    assert code == 0 and summary["failures"] == 0
+    assert summary["predict_requests"] > 0 and summary["endpoints"]["/predict/batch"]["requests"] > 0
+    locust_agents = {agent for agent in stub.agents if not agent.startswith("Python-urllib/")}  # not the /health probe
+    from_requests = {agent for agent in locust_agents if agent.startswith("python-requests/")}
+    assert locust_agents and (from_requests == locust_agents if client == "requests" else not from_requests)
+    assert summary["client"] == CLIENTS[client]
 
 
 def test_knee_is_the_last_step_before_throughput_stops_following_users() -> None:
@@ -344,3 +390,56 @@ def test_run_record_writes_timelines_and_exact_percentiles(tmp_path: Path) -> No
     assert [row["status"] for row in read_csv(tmp_path / "run_jobs.csv")] == ["submitted"]
     assert not (tmp_path / "run_steps.csv").exists()  # no step shape ran
     assert percentile([], 0.5) != percentile([], 0.5)  # NaN when nothing was measured
+
+
+def test_generator_is_saturated_only_when_a_process_stays_busy_for_the_window(tmp_path: Path) -> None:
+    """A process at 95% of a core for a window is saturated; one busy second in an idle run is not."""
+    steps = [i * 0.5 for i in range(41)]  # 20 s sampled every 0.5 s
+    busy_second = [(t, 0.1 * t + (0.9 if t >= 10.5 else 0.0)) for t in steps]  # 10% plus 0.9 s of work at 10-10.5 s
+    busy_window = [(t, 0.1 * t + 0.85 * max(0.0, min(t, 10 + WINDOW_SECONDS) - 10)) for t in steps]
+
+    assert busiest_share(busy_second) < SATURATION_SHARE
+    assert busiest_share(busy_window) == pytest.approx(0.95)
+    assert busiest_share([(0.0, 0.0), (2.0, 1.9)]) == pytest.approx(0.95)  # a run shorter than the window
+
+    rows = [{"timestamp": t, "pid": 7, "role": "worker", "cpu_seconds": c} for t, c in busy_window]
+    rows += [{"timestamp": t, "pid": 6, "role": "master", "cpu_seconds": 0.02 * t} for t in steps]
+    prefix = tmp_path / "run"
+    write_csv(run_file(prefix, GENERATOR_CSV), rows, GENERATOR_COLUMNS)
+    summary = generator_summary(prefix)  # no stats history: the whole sampled span counts
+    assert [(row["role"], row["pid"], row["saturated"]) for row in summary["processes"]] == [
+        ("master", 6, False),
+        ("worker", 7, True),
+    ]
+    assert summary["saturated"] and "generator saturated" in describe_generator(summary)
+    assert "master 6 2% / 2%" in describe_generator(summary)
+    assert "not saturated" in describe_generator({**summary, "saturated": False})
+    per_request = generator_summary(prefix, requests=100)["cpu_ms_per_request"]
+    assert per_request == pytest.approx(1000 * (0.1 * 20 + 0.85 * WINDOW_SECONDS + 0.02 * 20) / 100)
+
+
+def test_workers_records_merge_into_the_masters() -> None:
+    """Versions widen their first/last times, job events interleave by time, users and requests add up."""
+    first, second, master = RunRecord(), RunRecord(), RunRecord()
+    first.versions.saw("v1", 1.0)
+    first.versions.saw("v2", 5.0)
+    second.versions.saw("v1", 2.0)
+    second.versions.saw("v1", 4.0)
+    for ms in (10.0, 20.0):
+        first.phases.add("1 before job", 3, ms, False, now=ms / 10)
+    second.phases.add("1 before job", 2, 30.0, True, now=4.0)
+    second.steps.add(1, 2, 5.0, False, now=1.0)
+    first.note_job("job-1", "submitted", {})
+    second.job_events.append({"timestamp": 0.5, "job_id": "job-1", "status": "queued", "progress": "", "detail": ""})
+
+    for worker in (first, second):
+        master.merge(json.loads(json.dumps(worker.export())))  # what survives the trip to the master
+
+    assert master.versions.rows() == [
+        {"version": "v1", "first_seen": 1.0, "last_seen": 4.0, "responses": 3},
+        {"version": "v2", "first_seen": 5.0, "last_seen": 5.0, "responses": 1},
+    ]
+    (phase,) = master.phases.rows("phase")
+    assert (phase["users"], phase["requests"], phase["failures"], phase["p99_ms"]) == (5, 3, 1, 30.0)
+    assert [row["users"] for row in master.steps.rows("step")] == [2]
+    assert [event["status"] for event in master.job_events] == ["queued", "submitted"]

@@ -6,7 +6,8 @@
   records   what a run records (model-version timeline, job events, per-step and per-phase figures) and its files
   admin     the AdminUser's job: start one retrain or upload, poll it, cancel it if the run ends first
   gate      the pass/fail gate on failure ratio and p95, and the final figures
-  hooks     the Locust event listeners that tie these together
+  hooks     the Locust event listeners that tie these together, in one process or a master and its workers
+  generator the Locust processes' own CPU, sampled by benchmarks/loadtest.py: was the client the limit?
 
 Only `admin` and `hooks` import Locust (which gevent-patches the process on import); the rest can be
 imported by benchmarks/loadtest.py and the tests.

@@ -14,20 +14,14 @@ from backend.web.api.auth import TOKEN_FILE
 from benchmarks.locustkit import log
 from benchmarks.locustkit.bodies import MULTIPART, SAMPLES, upload_body
 from benchmarks.locustkit.checks import FINISHED, check_json, has, job_problem, json_or_none
-from benchmarks.locustkit.records import RUN, RunRecord
+from benchmarks.locustkit.hooks import end_run, share_phase
+from benchmarks.locustkit.records import PHASE_BEFORE, PHASE_RUNNING, RUN, RunRecord, phase_after
 from benchmarks.locustkit.settings import env_float
 
 if TYPE_CHECKING:
+    from locust.clients import HttpSession
     from locust.contrib.fasthttp import FastHttpSession
     from locust.env import Environment
-
-PHASE_BEFORE = "1 before job"
-PHASE_RUNNING = "2 job running (train, gate, swap)"
-
-
-def phase_after(how: str) -> str:
-    """Name the phase after the job, by how it ended."""
-    return f"3 after job ({how})"
 
 
 def admin_token() -> str | None:
@@ -42,7 +36,9 @@ def admin_token() -> str | None:
 class JobDriver:
     """Starts one job after LOCUST_ADMIN_DELAY seconds and follows it to its end, then does nothing."""
 
-    def __init__(self, client: FastHttpSession, environment: Environment, record: RunRecord = RUN) -> None:
+    def __init__(
+        self, client: FastHttpSession | HttpSession, environment: Environment, record: RunRecord = RUN
+    ) -> None:
         """Prepare the job state and the admin header; /predict requests now count as before the job."""
         self.client = client
         self.environment = environment
@@ -57,7 +53,7 @@ class JobDriver:
         self.deadline = self.start_at + env_float("LOCUST_JOB_TIMEOUT", 600)
         token = admin_token()
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
-        record.phase = PHASE_BEFORE
+        self.enter_phase(PHASE_BEFORE)
 
     def step(self) -> None:
         """Start the job once it is time, then poll it until it ends (call about once a second)."""
@@ -102,7 +98,7 @@ class JobDriver:
         self.job_id = body["job_id"]
         self.owns_job = response.status_code == 202
         self.status_url = body.get("status_url") or f"/jobs/{self.job_id}"
-        self.record.phase = PHASE_RUNNING
+        self.enter_phase(PHASE_RUNNING)
         self.note("already-running" if response.status_code == 409 else "submitted", body)
 
     def poll(self) -> None:
@@ -117,14 +113,14 @@ class JobDriver:
         if status not in FINISHED:
             return
         self.done = self.finished = True
-        self.record.phase = phase_after(status)
+        self.enter_phase(phase_after(status))
         candidate = (body.get("result") or {}).get("candidate")
         if status == REJECTED and candidate and os.environ.get("LOCUST_FORCE_SWAP", "") not in ("", "0"):
             self.activate(candidate)
         linger = os.environ.get("LOCUST_STOP_AFTER_JOB", "").strip()
         if linger:  # keep serving load for a while after the swap, then end the run early
             log.info("job ended; stopping the run in %s s (LOCUST_STOP_AFTER_JOB)", linger)
-            gevent.spawn_later(float(linger), self.environment.runner.quit)
+            gevent.spawn_later(float(linger), end_run, self.environment)
 
     def activate(self, version: str) -> None:
         """Activate a candidate the gate rejected, so the run still measures a hot swap (test stores only)."""
@@ -133,8 +129,13 @@ class JobDriver:
         ) as response:
             body = check_json(response, has("active", str))
         if body is not None:
-            self.record.phase = phase_after(f"{REJECTED}, activated by hand")
+            self.enter_phase(phase_after(f"{REJECTED}, activated by hand"))
             self.note("activated by hand", body)
+
+    def enter_phase(self, phase: str) -> None:
+        """Count /predict requests from now on under `phase`, on every worker in distributed mode."""
+        self.record.phase = phase
+        share_phase(self.environment, phase)
 
     def note(self, status: str, body: dict[str, Any]) -> None:
         """Record a job status change."""

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 from backend.data.jobs import FAILED, STATUSES, UNFINISHED
 
 if TYPE_CHECKING:
+    from locust.clients import ResponseContextManager as HttpResponseContext
     from locust.contrib.fasthttp import FastResponse, ResponseContextManager
+    from requests import Response
 
 PROBABILITY_TOLERANCE = 1e-3  # float32 softmax sums are off by ~1e-6; anything near 1e-3 is a real bug
 METRICS_PREFIX = "digitlab_"  # every series the app itself exports starts with this
@@ -79,7 +81,7 @@ def has(key: str, kind: type) -> Problem:
     return lambda body: None if isinstance(body, dict) and isinstance(body.get(key), kind) else f"missing '{key}'"
 
 
-def json_or_none(response: FastResponse) -> Any:
+def json_or_none(response: FastResponse | Response) -> Any:
     """Return the decoded JSON body, or None if it is not JSON."""
     try:
         return response.json()
@@ -87,7 +89,9 @@ def json_or_none(response: FastResponse) -> Any:
         return None
 
 
-def check_json(response: ResponseContextManager, problem: Problem, expected: tuple[int, ...] = (200,)) -> Any:
+def check_json(
+    response: ResponseContextManager | HttpResponseContext, problem: Problem, expected: tuple[int, ...] = (200,)
+) -> Any:
     """Mark a caught response failed on an unexpected status or a body `problem` finds; return the body."""
     if response.status_code not in expected:
         text = (response.text or "")[:200] if response.status_code else str(response.error)
@@ -102,7 +106,7 @@ def check_json(response: ResponseContextManager, problem: Problem, expected: tup
     return body
 
 
-def check_metrics(response: ResponseContextManager) -> None:
+def check_metrics(response: ResponseContextManager | HttpResponseContext) -> None:
     """Mark a caught /metrics response failed unless it is Prometheus text with the app's own series."""
     if response.status_code == 200 and METRICS_PREFIX in (response.text or ""):
         response.success()

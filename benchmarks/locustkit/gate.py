@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from benchmarks.locustkit import log
-from benchmarks.locustkit.records import FINAL_JSON, run_file
+from benchmarks.locustkit.records import FINAL_JSON, run_file, write_atomic
 from benchmarks.locustkit.settings import env_bound
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def judge(environment: Environment, prefix: str | None) -> None:
     """Save the final figures (with --csv) and set the process exit code from the gate."""
     # Locust's CSVs are rewritten every second and can miss the last one; these figures are final.
     if prefix:
-        run_file(prefix, FINAL_JSON).write_text(json.dumps(final_stats(environment), indent=1) + "\n")
+        write_atomic(run_file(prefix, FINAL_JSON), json.dumps(final_stats(environment), indent=1) + "\n")
     total = environment.stats.total
     problems = gate_problems(
         total.fail_ratio,

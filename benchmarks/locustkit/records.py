@@ -4,13 +4,16 @@ With `--csv PREFIX`: PREFIX_model_versions.csv (first and last time each model v
 moment), PREFIX_jobs.csv (the AdminUser's job, one row per status change), and exact per-step
 (PREFIX_steps.csv) or per-retrain-phase (PREFIX_phases.csv) figures. Locust's history only has 10 s window
 percentiles, too coarse to tell a load step or a retrain phase from its neighbours.
+In distributed mode each worker keeps its own record and sends it to the master, which merges and writes them.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +28,12 @@ JOB_COLUMNS = ["timestamp", "job_id", "status", "progress", "detail"]
 STEPS_CSV = "steps.csv"
 PHASES_CSV = "phases.csv"
 FINAL_JSON = "final.json"  # final per-request figures, written by the gate
+GENERATOR_CSV = "generator_cpu.csv"  # the Locust processes' CPU time, sampled by benchmarks/loadtest.py
+GENERATOR_COLUMNS = ["timestamp", "pid", "role", "cpu_seconds"]
 HISTORY_CSV = "stats_history.csv"  # Locust's own, with --csv-full-history
 PREDICT_PREFIX = "/predict ["  # PredictUser names its requests "/predict [<style>]"
+PHASE_BEFORE = "1 before job"  # from the test's start when an AdminUser runs
+PHASE_RUNNING = "2 job running (train, gate, swap)"
 
 
 def predict_name(style: str) -> str:
@@ -34,17 +41,30 @@ def predict_name(style: str) -> str:
     return f"{PREDICT_PREFIX}{style}]"
 
 
+def phase_after(how: str) -> str:
+    """Name the phase after the job, by how it ended."""
+    return f"3 after job ({how})"
+
+
 def run_file(prefix: str | Path, name: str) -> Path:
     """Return the path of one of a run's files for Locust's --csv prefix."""
     return Path(f"{prefix}_{name}")
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename, so no reader sees half of it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """Write rows as a CSV file with a header."""
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -94,6 +114,11 @@ class VersionLog:
             row[1] = max(row[1], when)
             row[2] += 1
 
+    def merge(self, version: str, first: float, last: float, responses: int) -> None:
+        """Add another process's sightings of `version`."""
+        row = self.versions.setdefault(version, [first, last, 0])
+        row[0], row[1], row[2] = min(row[0], first), max(row[1], last), row[2] + responses
+
     def rows(self) -> list[dict[str, Any]]:
         """Return one row per version, in order of first appearance."""
         ordered = sorted(self.versions.items(), key=lambda item: item[1][0])
@@ -118,6 +143,18 @@ class Buckets:
         group["times"].append(response_time)
         group["failures"] += failed
         group["last"] = now
+
+    def merge(self, groups: list[list[Any]]) -> None:
+        """Add another process's groups: its users and requests add to ours, the time span widens."""
+        for key, other in groups:
+            group = self.groups.get(key)
+            if group is None:
+                self.groups[key] = {**other, "times": list(other["times"])}
+                continue
+            group["users"] += other["users"]  # each worker runs its own share of the users
+            group["times"].extend(other["times"])
+            group["failures"] += other["failures"]
+            group["first"], group["last"] = min(group["first"], other["first"]), max(group["last"], other["last"])
 
     def rows(self, key_name: str) -> list[dict[str, Any]]:
         """Summarise each group: users, requests, req/s, p50/p95/p99 ms and failures."""
@@ -164,6 +201,23 @@ class RunRecord:
             }
         )
         log.info("job %s: %s %s", job_id, status, json.dumps(detail)[:300] if detail else "")
+
+    def export(self) -> dict[str, Any]:
+        """Return the record as plain lists and dicts: what a worker sends to the master."""
+        return {
+            "versions": [[version, *row] for version, row in self.versions.versions.items()],
+            "job_events": self.job_events,
+            "steps": [[key, group] for key, group in self.steps.groups.items()],
+            "phases": [[key, group] for key, group in self.phases.groups.items()],
+        }
+
+    def merge(self, data: dict[str, Any]) -> None:
+        """Add a worker's exported record to this one."""
+        for version, first, last, responses in data["versions"]:
+            self.versions.merge(version, first, last, responses)
+        self.job_events[:] = sorted([*self.job_events, *data["job_events"]], key=lambda event: event["timestamp"])
+        self.steps.merge(data["steps"])
+        self.phases.merge(data["phases"])
 
     def reset(self) -> None:
         """Forget everything (a new test started)."""

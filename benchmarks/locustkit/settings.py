@@ -6,6 +6,10 @@ import os
 
 ADMIN_TAG = "admin"
 ADMIN_CLASS = "AdminUser"
+CLIENT_VARIABLE = "LOCUST_CLIENT"
+# The HTTP client every user class is built on; what each costs: docs/load-testing.md.
+CLIENTS = {"fast": "FastHttpUser", "requests": "HttpUser"}
+DEFAULT_CLIENT = "fast"
 
 
 def env_float(name: str, default: float) -> float:
@@ -21,6 +25,14 @@ def env_bound(name: str, default: float) -> float | None:
         return None
     value = float(raw) if raw else default
     return value if value > 0 else None
+
+
+def http_client() -> str:
+    """Return the LOCUST_CLIENT the user classes are built on: "fast" (default) or "requests"."""
+    name = os.environ.get(CLIENT_VARIABLE, "").strip().lower() or DEFAULT_CLIENT
+    if name not in CLIENTS:
+        raise ValueError(f"{CLIENT_VARIABLE}={name!r}: expected one of {', '.join(CLIENTS)}")
+    return name
 
 
 def admin_requested(argv: list[str]) -> bool:
