@@ -107,16 +107,20 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     return app
 
 
-def follow_fleet(app: APIFlask) -> None:
-    """Start this worker's fleet thread: it reports the worker in GET /fleet and picks up activations while idle."""
-    state = app.extensions["digit_lab"]
-    stop = threading.Event()
-    app.extensions["digit_lab_fleet"] = stop, follow(state.model, state.replicas, stop)
+def follow_fleet(app: Any) -> None:
+    """Start this worker's fleet thread: it reports the worker in GET /fleet and picks up activations while idle.
+
+    gunicorn runs this for whatever app it serves; one that is not a Digit Lab API (a benchmark's) has no fleet.
+    """
+    state = getattr(app, "extensions", {}).get("digit_lab")
+    if state is not None:
+        stop = threading.Event()
+        app.extensions["digit_lab_fleet"] = stop, follow(state.model, state.replicas, stop)
 
 
-def leave_fleet(app: APIFlask) -> None:
+def leave_fleet(app: Any) -> None:
     """Stop this worker's fleet thread, which takes the worker off the list."""
-    if "digit_lab_fleet" in app.extensions:
+    if "digit_lab_fleet" in getattr(app, "extensions", {}):
         stop, thread = app.extensions["digit_lab_fleet"]
         stop.set()
         thread.join(timeout=5)
