@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,9 @@ from pathlib import Path
 import requests
 
 from backend.core.config import REPO_ROOT
+from deploy.localfleet import free_port
 
 GUNICORN_CONFIG = REPO_ROOT / "backend" / "gunicorn.conf.py"
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, seconds: float = 60, process: subprocess.Popen | None = None) -> None:

@@ -192,7 +192,8 @@ def cancel_job(job_id: str) -> dict:
 @bp.doc(
     summary="Make a stored version active (promotion by hand, or rollback)",
     description="The version is checked first: its file hashes, a LiteRT load, its shapes and a probe prediction. "
-    "A damaged version is refused with 422 and ACTIVE is left as it was.",
+    "A damaged version is refused with 422. The pointer moves only if no other activation moved it since it was "
+    "read (409 otherwise); either way a refused activation leaves the active version as it was.",
     responses=error_responses(
         {
             401: "Missing or wrong admin token",
