@@ -401,6 +401,9 @@ def test_generator_is_saturated_only_when_a_process_stays_busy_for_the_window(tm
     assert busiest_share(busy_second) < SATURATION_SHARE
     assert busiest_share(busy_window) == pytest.approx(0.95)
     assert busiest_share([(0.0, 0.0), (2.0, 1.9)]) == pytest.approx(0.95)  # a run shorter than the window
+    # Busy only at start-up and shut-down: each window sees one burst, the run's mean sees both.
+    ends = [(0.0, 0.0), (0.5, 0.5), *((t, 0.5) for t in steps[2:13]), (6.5, 1.0)]
+    assert busiest_share(ends) == pytest.approx(1.0 / 6.5)
 
     rows = [{"timestamp": t, "pid": 7, "role": "worker", "cpu_seconds": c} for t, c in busy_window]
     rows += [{"timestamp": t, "pid": 6, "role": "master", "cpu_seconds": 0.02 * t} for t in steps]

@@ -111,15 +111,15 @@ def share(samples: list[tuple[float, float]], i: int, j: int) -> float:
 
 
 def busiest_share(samples: list[tuple[float, float]], window: float = WINDOW_SECONDS) -> float:
-    """Return the highest share of one core over any `window` seconds (over the whole span if shorter)."""
-    shares, j = [], 0
+    """Return the highest share of one core over any span of at least `window` seconds (or the whole span)."""
+    shares, j = [share(samples, 0, len(samples) - 1)], 0  # the whole run is such a span too
     for i in range(len(samples)):
         while j < len(samples) and samples[j][0] - samples[i][0] < window:
             j += 1
         if j == len(samples):
             break
         shares.append(share(samples, i, j))
-    return max(shares) if shares else share(samples, 0, len(samples) - 1)
+    return max(shares)
 
 
 def generator_summary(prefix: str | Path, requests: float = math.nan) -> dict[str, Any]:
