@@ -28,7 +28,9 @@ MNIST_CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates
 WORK_SIDE = 1024  # large photos are analysed at this size at most: plenty for a 20 px digit
 BORDER_FRACTION = 0.04  # share of each side read as "paper" when guessing the background
 MIN_CONTRAST = 32.0  # grey levels between paper and ink below which an image counts as blank
-NOISE_FLOOR = 0.25  # share of the ink contrast treated as paper texture, shadows and JPEG noise
+MAX_NOISE_FLOOR = 0.25  # at most this share of the ink contrast is treated as paper texture and JPEG noise
+NOISE_QUANTILE = 0.98  # the paper's noise: this quantile of the border's departures towards the ink
+NOISE_MARGIN = 3.0  # the floor sits this many times above that noise: JPEG rings more near strokes than on bare paper
 INK_SATURATION_PERCENTILE = 70  # MNIST strokes are saturated from about their 70th percentile
 MIN_COMPONENT_SHARE = 0.05  # blobs lighter than this share of the heaviest one are specks
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -172,17 +174,22 @@ def ink_map(gray: np.ndarray) -> np.ndarray:
     """Make the ink white on black, suppress paper and noise, and scale ink to 0-1."""
     levels = _grey_levels(gray)
     smoothed = cv2.medianBlur(levels, 3) if min(levels.shape) >= 3 else levels
-    paper = _quantile(smoothed.ravel()[_border_index(levels.shape)], 0.5)
+    border = _border_index(levels.shape)
+    paper = _quantile(smoothed.ravel()[border], 0.5)
     dark_reach = paper - float(smoothed.min())
     bright_reach = float(smoothed.max()) - paper
     dark_ink = dark_reach > bright_reach  # dark ink on light paper: the usual photo or scan
     reach = dark_reach if dark_ink else bright_reach
     if reach < MIN_CONTRAST:
         raise InvalidImageError("The image is blank: no ink stands out from the background.", 422)
+    # Clean paper (MNIST, a canvas) keeps every anti-aliased grey level of the strokes; noisy paper loses its noise.
+    departures = levels.ravel()[border].astype(np.float32) - paper
+    noise = max(_quantile(-departures if dark_ink else departures, NOISE_QUANTILE), 0.0)
+    floor = min(MAX_NOISE_FLOOR, NOISE_MARGIN * noise / reach)
     # A pixel's ink strength depends only on its grey level, so the arithmetic runs on a 256-entry
     # table indexed by ink level (255 - grey level for dark ink) instead of on every pixel.
     ink_paper = 255.0 - paper if dark_ink else paper
-    strength = np.maximum((_LEVELS - ink_paper) / reach - NOISE_FLOOR, 0.0) / (1.0 - NOISE_FLOOR)
+    strength = np.maximum((_LEVELS - ink_paper) / reach - floor, 0.0) / (1.0 - floor)
     strength = np.minimum(strength, 1.0)
     pixels_per_level = np.bincount(levels.ravel(), minlength=256)
     saturation = _saturation(strength, pixels_per_level[::-1] if dark_ink else pixels_per_level)
