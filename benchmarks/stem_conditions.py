@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         old, old_us = run_stem(uncleaned, grays)
         new, new_us = run_stem(preprocess_gray, grays)
         identical = float(np.mean([np.array_equal(a, b) for a, b in zip(old, new)]))
+        if name == "mnist_array":
+            kept = float(np.mean([kept_in_place(stem, gray) for stem, gray in zip(new, grays)]))
         accuracy = {}
         for key, batch in (
             ("old", old),
@@ -120,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     for family, (old_right, new_right, count) in totals.items():
         print(f"{family:<20} {count:>5} {old_right / count:>7.3f} {new_right / count:>7.3f}")
-    plain = groups["mnist_array"]
-    kept = np.mean([kept_in_place(preprocess_gray(gray), gray) for _, gray in plain])
     print(f"plain MNIST arrays kept in place (every inked pixel where it was, grey levels only scaled): {kept:.3f}")
     return 0
 

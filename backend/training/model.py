@@ -107,7 +107,11 @@ def build_model() -> keras.Model:
 
 
 def _bilinear(images, rows, cols):
-    """Sample (n, h, w, 1) images at source coordinates (n, h, w), reading zero outside the image."""
+    """Sample (n, h, w, 1) images at source coordinates (n, h, w), reading zero outside the image.
+
+    keras.ops.image.map_coordinates gives the same values eagerly, but fails inside tf.data's graph,
+    where the batch size is unknown.
+    """
     n, h, w = ops.shape(images)[0], images.shape[1], images.shape[2]
     flat = ops.reshape(images, (-1,))
     first = ops.cast(ops.arange(n), "int32")[:, None, None] * (h * w)
